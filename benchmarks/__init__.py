@@ -1,0 +1,1 @@
+"""``headway bench ...`` implementations. Each prints JSON on stdout."""

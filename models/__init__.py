@@ -1,0 +1,1 @@
+"""Torch networks and the shipped checkpoints (``models/checkpoints``)."""

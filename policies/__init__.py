@@ -1,0 +1,1 @@
+"""Action-chunk policies: flow-matching and diffusion samplers, training, checkpoint loading."""
