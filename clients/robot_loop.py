@@ -1,0 +1,213 @@
+"""``RobotLoop``: a fixed-rate control loop that executes action chunks while the next is computed.
+
+The loop never waits for the network. Each tick it (1) merges any chunk that arrived,
+(2) observes the robot, (3) asks for the next chunk when ``s`` actions of the current one
+have run, (4) executes the action planned for this tick, or holds when none is planned
+(an *underrun*, counted). Requests and replies go through a ``PolicyLink``: anything with
+non-blocking ``request``/``poll``/``abandon`` (``clients.policy_link.WebsocketPolicyLink``
+talks to a Headway server's ``/v1/policy``).
+
+A real robot plugs in through ``Robot``: ``observe()`` returns at least ``{"state": [S]}``
+(images optional), ``apply(action)`` commands one action. ``on_underrun`` decides what to
+do when the buffer runs dry (default: repeat the last action).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from clients.action_buffer import ActionBuffer
+
+
+class Robot(Protocol):
+    def observe(self) -> dict[str, np.ndarray]:
+        """The robot's current observation; ``"state"`` at least."""
+        ...
+
+    def apply(self, action: np.ndarray) -> None:
+        """Command one action for this control tick."""
+        ...
+
+
+@dataclass
+class ChunkReply:
+    request_id: int
+    actions: np.ndarray  # [H, A]
+    start_tick: int  # tick at which actions[0] applies
+    d: int  # inference delay the server assumed, ticks
+    s: int  # execution horizon: ask again after s actions of this chunk
+    timing: dict[str, float] = field(default_factory=dict)
+
+
+class PolicyLink(Protocol):
+    def request(self, request_id: int, tick: int, observation: dict[str, np.ndarray], report: dict[str, int] | None) -> None:
+        """Send an observation captured at ``tick``; must not block. ``report`` tells the server
+        when the previous chunk arrived: ``{"request_id", "tick_sent", "tick_arrived"}``."""
+        ...
+
+    def poll(self) -> list[ChunkReply]:
+        """Replies that arrived since the last poll; must not block."""
+        ...
+
+    def abandon(self, request_id: int) -> None:
+        """The loop gave up on ``request_id``: drop the session so its reply can never arrive."""
+        ...
+
+
+@dataclass
+class LoopStats:
+    ticks: int = 0
+    underruns: int = 0  # ticks with no planned action after the first chunk arrived
+    warmup_ticks: int = 0  # ticks before the first chunk arrived (holding, not counted)
+    timeouts: int = 0
+    late_replies_dropped: int = 0
+    skipped_actions: int = 0  # new-plan actions lost because a chunk came later than its d
+    chunks: int = 0
+    jitter_ms: deque = field(default_factory=lambda: deque(maxlen=100_000))
+    seam_jerk: deque = field(default_factory=lambda: deque(maxlen=10_000))
+    delay_ticks: deque = field(default_factory=lambda: deque(maxlen=10_000))
+
+    def summary(self) -> dict[str, Any]:
+        def pct(values, q):
+            return float(np.percentile(np.asarray(values), q)) if len(values) else None
+
+        return {
+            "ticks": self.ticks,
+            "underruns": self.underruns,
+            "warmup_ticks": self.warmup_ticks,
+            "timeouts": self.timeouts,
+            "late_replies_dropped": self.late_replies_dropped,
+            "skipped_actions": self.skipped_actions,
+            "chunks": self.chunks,
+            "jitter_p50_ms": pct(self.jitter_ms, 50),
+            "jitter_p99_ms": pct(self.jitter_ms, 99),
+            "seam_jerk": float(np.mean(self.seam_jerk)) if self.seam_jerk else None,
+            "d_p50": pct(self.delay_ticks, 50),
+            "d_p99": pct(self.delay_ticks, 99),
+        }
+
+
+class RobotLoop:
+    """Executes chunks at a fixed rate; see the module docstring for the per-tick contract.
+
+    ``timeout_ticks``: a request unanswered for that many ticks is abandoned (the link drops
+    its session) and asked again; its reply, should it still come, is never executed.
+    """
+
+    def __init__(
+        self,
+        robot: Robot,
+        link: PolicyLink,
+        action_dim: int,
+        hz: float = 50.0,
+        timeout_ticks: int = 50,
+        on_underrun: Callable[[np.ndarray | None], np.ndarray | None] | None = None,
+    ) -> None:
+        self.robot = robot
+        self.link = link
+        self.hz = hz
+        self.timeout_ticks = timeout_ticks
+        self.on_underrun = on_underrun or (lambda last: last)
+        self.buffer = ActionBuffer(action_dim)
+        self.stats = LoopStats()
+        self.tick = 0
+        self._next_request_id = 0
+        self._outstanding: tuple[int, int] | None = None  # (request_id, tick sent)
+        self._report: dict[str, int] | None = None
+        self._next_request_tick = 0
+        self._last_action: np.ndarray | None = None
+        self._started = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- one tick, no clock: the whole behaviour, testable without threads or sockets --------
+
+    def step(self) -> np.ndarray | None:
+        """Run control tick ``self.tick``; returns the executed action (None while warming up)."""
+        t = self.tick
+        for reply in self.link.poll():
+            self._accept(reply, t)
+        if self._outstanding is not None and t - self._outstanding[1] >= self.timeout_ticks:
+            self.link.abandon(self._outstanding[0])
+            self._outstanding = None
+            self.stats.timeouts += 1
+        observation = self.robot.observe()
+        if self._outstanding is None and t >= self._next_request_tick:
+            request_id = self._next_request_id
+            self._next_request_id += 1
+            self.link.request(request_id, t, observation, self._report)
+            self._outstanding = (request_id, t)
+        action = self.buffer.pop(t)
+        if action is None:
+            if self._started:
+                self.stats.underruns += 1
+            else:
+                self.stats.warmup_ticks += 1
+            action = self.on_underrun(self._last_action)
+            if action is not None:
+                self.buffer.record_held(action)
+        if action is not None:
+            self.robot.apply(action)
+            self._last_action = action
+        self.tick += 1
+        self.stats.ticks += 1
+        return action
+
+    def _accept(self, reply: ChunkReply, now: int) -> None:
+        if self._outstanding is None or reply.request_id != self._outstanding[0]:
+            self.stats.late_replies_dropped += 1
+            return
+        _, sent = self._outstanding
+        self._outstanding = None
+        arrival = self.buffer.merge(reply.actions, reply.start_tick, now)
+        self._started = True
+        self.stats.chunks += 1
+        # The server planned for the chunk to take over at tick sent + d, i.e. at its index
+        # sent + d - start_tick; leading actions skipped beyond that were lost to lateness.
+        self.stats.skipped_actions += max(0, arrival.skipped - max(0, sent + reply.d - reply.start_tick))
+        self.stats.delay_ticks.append(now - sent)
+        if arrival.seam_jerk is not None:
+            self.stats.seam_jerk.append(arrival.seam_jerk)
+        self._report = {"request_id": reply.request_id, "tick_sent": sent, "tick_arrived": now}
+        # s actions of this chunk have run at (tick of its index 0) + s; its index 0 ran, or
+        # would have, at first_tick - skipped (later than start_tick if the robot was holding).
+        self._next_request_tick = arrival.first_tick - arrival.skipped + max(1, reply.s)
+
+    # -- the clock -----------------------------------------------------------------------------
+
+    def run(self, ticks: int | None = None, duration_s: float | None = None) -> LoopStats:
+        """Tick on a drift-free schedule (tick k at start + k/hz) until stopped or done.
+
+        A late tick is run at once and the schedule is kept, so lateness never accumulates.
+        """
+        if ticks is None:
+            ticks = int(round((duration_s or 0.0) * self.hz)) if duration_s is not None else None
+        period = 1.0 / self.hz
+        start = time.monotonic()
+        k = 0
+        while not self._stop.is_set() and (ticks is None or k < ticks):
+            target = start + k * period
+            delay = target - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            self.stats.jitter_ms.append(max(0.0, time.monotonic() - target) * 1e3)
+            self.step()
+            k += 1
+        return self.stats
+
+    def start(self, ticks: int | None = None, duration_s: float | None = None) -> threading.Thread:
+        """Run in a daemon thread of its own; ``stop()`` ends it."""
+        self._thread = threading.Thread(target=self.run, args=(ticks, duration_s), daemon=True, name="robot-loop")
+        self._thread.start()
+        return self._thread
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)

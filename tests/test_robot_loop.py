@@ -1,0 +1,172 @@
+"""RobotLoop and ActionBuffer: what runs at which tick, without threads or sockets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clients.action_buffer import ActionBuffer
+from clients.robot_loop import ChunkReply, RobotLoop
+
+A = 2
+
+
+def chunk(values, a=A):
+    return np.repeat(np.asarray(values, dtype=np.float32)[:, None], a, axis=1)
+
+
+class RecordingRobot:
+    def __init__(self):
+        self.applied: list[np.ndarray] = []
+
+    def observe(self):
+        return {"state": np.zeros(3, dtype=np.float32)}
+
+    def apply(self, action):
+        self.applied.append(np.array(action))
+
+
+class ScriptedLink:
+    """A network that answers request k after ``delays[k]`` ticks with ``make_chunk(k, tick)``."""
+
+    def __init__(self, loop_ref, delays, horizon=8, s=4, d=None):
+        self.loop_ref = loop_ref
+        self.delays = delays
+        self.horizon = horizon
+        self.s = s
+        self.d = d
+        self.pending: list[tuple[int, ChunkReply]] = []
+        self.sent: list[tuple[int, int, dict | None]] = []
+        self.abandoned: list[int] = []
+
+    def request(self, request_id, tick, observation, report):
+        self.sent.append((request_id, tick, report))
+        delay = self.delays[min(request_id, len(self.delays) - 1)]
+        actions = chunk(np.arange(self.horizon) + 100 * (request_id + 1))
+        d = self.d if self.d is not None else delay
+        self.pending.append((tick + delay, ChunkReply(request_id, actions, start_tick=tick, d=d, s=self.s)))
+
+    def poll(self):
+        now = self.loop_ref().tick
+        ready = [r for t, r in self.pending if t <= now]
+        self.pending = [(t, r) for t, r in self.pending if t > now]
+        return ready
+
+    def abandon(self, request_id):
+        self.abandoned.append(request_id)
+
+
+def make_loop(delays, timeout_ticks=50, **link_kwargs):
+    robot = RecordingRobot()
+    holder = {}
+    link = ScriptedLink(lambda: holder["loop"], delays, **link_kwargs)
+    loop = RobotLoop(robot, link, action_dim=A, timeout_ticks=timeout_ticks)
+    holder["loop"] = loop
+    return loop, link, robot
+
+
+def test_buffer_merge_never_replays_ticks_that_already_passed():
+    buffer = ActionBuffer(A)
+    arrival = buffer.merge(chunk([0, 1, 2, 3]), start_tick=10, now=12)
+    assert arrival.skipped == 2
+    assert buffer.pop(12)[0] == 2
+    assert buffer.pop(11) is None
+
+
+def test_buffer_newer_chunk_replaces_the_rest_of_the_older_plan():
+    buffer = ActionBuffer(A)
+    buffer.merge(chunk([0, 1, 2, 3, 4, 5]), start_tick=0, now=0)
+    buffer.merge(chunk([10, 11]), start_tick=2, now=2)
+    assert [buffer.pop(t)[0] for t in (2, 3)] == [10, 11]
+    assert buffer.pop(4) is None  # the old plan's tick 4 is not resumed
+
+
+def test_buffer_chunk_arriving_early_waits_for_its_start_tick():
+    buffer = ActionBuffer(A)
+    buffer.merge(chunk([0, 1, 2, 3]), start_tick=0, now=0)
+    buffer.merge(chunk([7, 8]), start_tick=3, now=1)
+    assert buffer.pop(1) is None  # the new plan starts at tick 3: nothing is planned before it
+
+
+def test_buffer_rejects_a_chunk_of_the_wrong_action_dimension():
+    with pytest.raises(ValueError):
+        ActionBuffer(A).merge(np.zeros((4, A + 1)), start_tick=0, now=0)
+
+
+def test_loop_starts_the_first_chunk_from_its_beginning_after_holding():
+    loop, link, robot = make_loop(delays=[2, 2, 2, 2])
+    for _ in range(8):
+        loop.step()
+    # request 0 at tick 0 arrives at tick 2; the robot held at ticks 0 and 1, so nothing of
+    # the plan ran yet and tick 2 executes its first action
+    assert loop.stats.warmup_ticks == 2
+    assert robot.applied[0][0] == 100
+    assert loop.stats.underruns == 0
+
+
+def test_loop_switches_mid_chunk_to_the_index_of_the_current_tick():
+    loop, link, robot = make_loop(delays=[1, 2, 2], s=4)
+    for _ in range(8):
+        loop.step()
+    # request 1 is sent at tick 5 (start tick 1 + s) and arrives at tick 7 while the
+    # first plan is running: tick 7 executes its index 2
+    assert robot.applied[-1][0] == 202
+
+
+def test_loop_requests_again_after_s_actions_of_the_current_chunk():
+    loop, link, _ = make_loop(delays=[1, 1, 1], s=3)
+    for _ in range(7):
+        loop.step()
+    assert [tick for _, tick, _ in link.sent] == [0, 3, 6]
+
+
+def test_loop_reports_when_the_previous_chunk_arrived():
+    loop, link, _ = make_loop(delays=[2, 2], s=4)
+    for _ in range(5):
+        loop.step()
+    assert link.sent[1][2] == {"request_id": 0, "tick_sent": 0, "tick_arrived": 2}
+
+
+def test_loop_counts_an_underrun_and_holds_the_last_action_when_the_plan_runs_out():
+    loop, link, robot = make_loop(delays=[1, 30], horizon=4, s=4, timeout_ticks=100)
+    for _ in range(7):
+        loop.step()
+    # the chunk runs at ticks 1..4; ticks 5 and 6 have no plan
+    assert loop.stats.underruns == 2
+    np.testing.assert_array_equal(robot.applied[-1], robot.applied[-3])
+
+
+def test_a_reply_after_the_loop_gave_up_on_it_is_never_executed():
+    loop, link, robot = make_loop(delays=[1, 20, 1], horizon=50, s=2, timeout_ticks=5)
+    for _ in range(30):
+        loop.step()
+    assert link.abandoned == [1]
+    assert loop.stats.timeouts == 1
+    assert loop.stats.late_replies_dropped == 1
+    executed = {int(a[0]) // 100 for a in robot.applied}
+    assert 2 not in executed  # request 1's actions (200..) never ran
+
+
+def test_a_warmup_spike_skips_no_actions_afterwards():
+    # first call 10x slower than the rest; the server's d for later calls is the true delay
+    loop, link, _ = make_loop(delays=[20, 2, 2, 2, 2, 2, 2, 2], horizon=16, s=4, d=2)
+    for _ in range(60):
+        loop.step()
+    assert loop.stats.warmup_ticks == 20
+    assert loop.stats.skipped_actions == 0
+    assert loop.stats.underruns == 0
+
+
+def test_loop_measures_delay_in_ticks_from_request_to_arrival():
+    loop, _, _ = make_loop(delays=[3, 3, 3], s=4)
+    for _ in range(12):
+        loop.step()
+    assert set(loop.stats.delay_ticks) == {3}
+
+
+def test_run_ticks_on_a_drift_free_schedule():
+    loop, _, _ = make_loop(delays=[1] * 100)
+    loop.hz = 500.0
+    loop.run(ticks=50)
+    assert loop.tick == 50
+    assert len(loop.stats.jitter_ms) == 50
