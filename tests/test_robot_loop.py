@@ -115,14 +115,16 @@ def test_loop_switches_mid_chunk_to_the_index_of_the_current_tick():
 
 def test_loop_requests_again_after_s_actions_of_the_current_chunk():
     loop, link, _ = make_loop(delays=[1, 1, 1], s=3)
-    for _ in range(7):
+    for _ in range(8):
         loop.step()
-    assert [tick for _, tick, _ in link.sent] == [0, 3, 6]
+    # chunk 0 starts running at tick 1 (the robot held at tick 0), so the next request goes
+    # at 1 + s = 4; chunk 1 (start tick 4) runs from its index 1 at tick 5: next at 4 + s = 7
+    assert [tick for _, tick, _ in link.sent] == [0, 4, 7]
 
 
 def test_loop_reports_when_the_previous_chunk_arrived():
     loop, link, _ = make_loop(delays=[2, 2], s=4)
-    for _ in range(5):
+    for _ in range(7):
         loop.step()
     assert link.sent[1][2] == {"request_id": 0, "tick_sent": 0, "tick_arrived": 2}
 
