@@ -1,0 +1,287 @@
+"""The wire protocol, sans I/O: frames in, validated messages out; messages in, frames out.
+
+Nothing here touches a socket or the clock. The session feeds it the frames it received
+and sends the frames it gets back.
+
+Framing (DESIGN rule 5):
+
+* **Binary frames** are msgpack maps, numpy arrays encoded as openpi encodes them
+  (``clients/wire.py`` holds that codec once; this module adds validation).
+* **Text frames** are JSON objects carrying the same messages, arrays as nested lists.
+* Every Headway message has a ``type``. The openpi-compatible endpoint ``/`` also accepts
+  a bare observation map (what openpi's client sends) and treats it as ``"observation"``.
+* Errors are ``{"type": "error", "code": <string>, "message": <string>}``. Fatal errors are
+  followed by a close frame: :data:`CLOSE_BAD_INPUT` (1008), :data:`CLOSE_TOO_LARGE` (1009),
+  :data:`CLOSE_OVERLOADED` (1013), :data:`CLOSE_INTERNAL` (1011); a draining server closes with
+  :data:`CLOSE_GOING_AWAY` (1001). Non-fatal errors (``deadline_exceeded``, ``superseded``,
+  ``queue_full``) leave the session open.
+
+Validation (:class:`ObservationSpec`) checks every field -- presence, type, dtype, shape,
+size, finiteness -- before anything reaches an engine queue, and fails with a
+:class:`ProtocolError` whose message names the field and what was wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from clients import wire
+
+# Close codes (RFC 6455 section 7.4.1).
+CLOSE_GOING_AWAY = 1001
+CLOSE_BAD_INPUT = 1008
+CLOSE_TOO_LARGE = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_OVERLOADED = 1013
+
+# Error codes. Each maps to the close code that follows it (None: the session stays open).
+ERROR_CLOSE_CODES: dict[str, int | None] = {
+    "bad_frame": CLOSE_BAD_INPUT,  # not msgpack / not JSON / not a map
+    "unknown_type": CLOSE_BAD_INPUT,  # a ``type`` this endpoint does not speak
+    "missing_field": CLOSE_BAD_INPUT,
+    "unknown_field": CLOSE_BAD_INPUT,
+    "bad_type": CLOSE_BAD_INPUT,  # a field of the wrong kind (string for an array, ...)
+    "bad_dtype": CLOSE_BAD_INPUT,
+    "bad_shape": CLOSE_BAD_INPUT,
+    "not_finite": CLOSE_BAD_INPUT,  # NaN or Inf in a float field
+    "text_not_accepted": CLOSE_BAD_INPUT,  # a text frame on a binary-only endpoint
+    "too_large": CLOSE_TOO_LARGE,  # enforced by the transport (max_size) before decoding
+    "at_capacity": CLOSE_OVERLOADED,  # the server already holds its maximum of sessions
+    "slow_consumer": CLOSE_BAD_INPUT,  # the client stopped reading its replies
+    "internal": CLOSE_INTERNAL,  # the model raised; the traceback stays in the server log
+    "shutting_down": CLOSE_GOING_AWAY,
+    "deadline_exceeded": None,  # the request could not be answered within its budget
+    "superseded": None,  # a newer observation of the same session replaced this one
+    "queue_full": None,  # the model's queue is full; shed, try again
+}
+
+
+class ProtocolError(Exception):
+    """A message that cannot be accepted. ``code`` is one of :data:`ERROR_CLOSE_CODES`."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def close_code(self) -> int | None:
+        return ERROR_CLOSE_CODES[self.code]
+
+    def to_message(self) -> dict:
+        return error(self.code, self.message)
+
+
+def error(code: str, message: str, **extra: Any) -> dict:
+    """The error message for ``code``; ``extra`` fields (e.g. ``id``) ride along."""
+    if code not in ERROR_CLOSE_CODES:
+        raise KeyError(f"undocumented error code {code!r}")
+    return {"type": "error", "code": code, "message": message, **extra}
+
+
+# ---------------------------------------------------------------------------------------
+# Frames
+
+
+def decode(frame: bytes | str) -> dict:
+    """Decode one frame into a message map (arrays from binary frames are read-only views).
+
+    Raises ``ProtocolError("bad_frame")`` for anything that is not one msgpack/JSON map.
+    """
+    if isinstance(frame, str):
+        try:
+            message = json.loads(frame)
+        except ValueError as exc:
+            raise ProtocolError("bad_frame", f"text frame is not JSON: {exc}") from None
+    else:
+        try:
+            message = wire.unpackb(frame)
+        except ValueError as exc:
+            raise ProtocolError("bad_frame", str(exc)) from None
+    if not isinstance(message, dict):
+        raise ProtocolError("bad_frame", f"a message is a map, got {type(message).__name__}")
+    return message
+
+
+def encode_binary(message: Mapping[str, Any]) -> bytes:
+    """One binary (msgpack) frame for ``message``."""
+    return wire.packb(message)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        raise TypeError("bytes do not travel in text frames; use a binary frame")
+    return value
+
+
+def encode_text(message: Mapping[str, Any]) -> str:
+    """One text (JSON) frame for ``message``; arrays become nested lists."""
+    return json.dumps(_jsonable(message), separators=(",", ":"), allow_nan=False)
+
+
+# ---------------------------------------------------------------------------------------
+# Validation
+
+
+@dataclass(frozen=True)
+class ArrayField:
+    """An array field. ``shape`` entries are exact sizes or None (any size up to ``max_size``).
+
+    ``dtypes`` lists accepted numpy dtype names; the value is converted to ``cast``
+    (C-contiguous) once accepted. JSON lists are accepted and converted the same way.
+    """
+
+    dtypes: tuple[str, ...]
+    shape: tuple[int | None, ...]
+    cast: str
+    finite: bool = True
+    max_size: int = 4096
+    required: bool = True
+
+    def describe(self) -> dict:
+        return {"kind": "array", "dtypes": list(self.dtypes), "shape": list(self.shape),
+                "required": self.required}
+
+    def validate(self, name: str, value: Any) -> np.ndarray:
+        if isinstance(value, np.ndarray):
+            if value.dtype.name not in self.dtypes:
+                raise ProtocolError("bad_dtype", f"{name}: dtype {value.dtype.name} not accepted "
+                                                 f"(accepted: {', '.join(self.dtypes)})")
+            array = value
+        elif isinstance(value, list):
+            try:
+                array = np.asarray(value, dtype=self.cast)
+            except (TypeError, ValueError, OverflowError):
+                raise ProtocolError("bad_dtype", f"{name}: list is not numeric "
+                                                 f"(expected {self.cast})") from None
+        else:
+            raise ProtocolError("bad_type", f"{name}: expected an array, got {type(value).__name__}")
+        if array.ndim != len(self.shape) or any(
+            (want is not None and got != want) or (want is None and not 0 < got <= self.max_size)
+            for got, want in zip(array.shape, self.shape)
+        ):
+            want = "x".join("N" if n is None else str(n) for n in self.shape)
+            raise ProtocolError("bad_shape", f"{name}: shape {list(array.shape)} does not match [{want}]")
+        if array.dtype.name != self.cast:
+            array = array.astype(self.cast)
+        if self.finite and array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise ProtocolError("not_finite", f"{name}: contains NaN or Inf")
+        return array
+
+
+@dataclass(frozen=True)
+class ArrayMapField:
+    """A map of named arrays (e.g. camera name -> image), at most ``max_items`` entries."""
+
+    item: ArrayField
+    max_items: int = 4
+    required: bool = False
+
+    def describe(self) -> dict:
+        return {"kind": "map", "item": self.item.describe(), "max_items": self.max_items,
+                "required": self.required}
+
+    def validate(self, name: str, value: Any) -> dict[str, np.ndarray]:
+        if not isinstance(value, dict):
+            raise ProtocolError("bad_type", f"{name}: expected a map of arrays, got {type(value).__name__}")
+        if len(value) > self.max_items:
+            raise ProtocolError("bad_shape", f"{name}: {len(value)} entries, at most {self.max_items}")
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str) or not 0 < len(key) <= 64:
+                raise ProtocolError("bad_type", f"{name}: keys are strings of 1 to 64 characters")
+            out[key] = self.item.validate(f"{name}.{key}", item)
+        return out
+
+
+@dataclass(frozen=True)
+class TextField:
+    """A string field of at most ``max_length`` characters."""
+
+    max_length: int = 1024
+    required: bool = False
+
+    def describe(self) -> dict:
+        return {"kind": "text", "max_length": self.max_length, "required": self.required}
+
+    def validate(self, name: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise ProtocolError("bad_type", f"{name}: expected a string, got {type(value).__name__}")
+        if len(value) > self.max_length:
+            raise ProtocolError("bad_shape", f"{name}: {len(value)} characters, at most {self.max_length}")
+        return value
+
+
+Field = ArrayField | ArrayMapField | TextField
+
+
+@dataclass(frozen=True)
+class ObservationSpec:
+    """What one observation of a model must look like.
+
+    ``validate`` returns a new map holding only the model's fields, converted (arrays
+    C-contiguous in their ``cast`` dtype). Unknown fields are refused, so a typo in a key
+    fails loudly instead of being ignored.
+    """
+
+    fields: dict[str, Field]
+    # Envelope keys a session reads itself; they are allowed next to the model's fields.
+    envelope: frozenset[str] = field(default_factory=lambda: frozenset({"type", "id"}))
+
+    def describe(self) -> dict:
+        return {name: f.describe() for name, f in self.fields.items()}
+
+    def validate(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in message:
+            if name not in self.fields and name not in self.envelope:
+                raise ProtocolError("unknown_field", f"unknown field {name!r} "
+                                                     f"(expected: {', '.join(self.fields)})")
+        for name, spec in self.fields.items():
+            if name not in message:
+                if spec.required:
+                    raise ProtocolError("missing_field", f"missing field {name!r}")
+                continue
+            out[name] = spec.validate(name, message[name])
+        return out
+
+
+def request_id(message: Mapping[str, Any]) -> int | str | None:
+    """The optional client-chosen ``id`` that a reply echoes (an int or a short string)."""
+    value = message.get("id")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or (
+        isinstance(value, str) and len(value) > 64
+    ) or (isinstance(value, int) and not -(2**63) <= value < 2**63):
+        raise ProtocolError("bad_type", "id: an integer or a string of at most 64 characters")
+    return value
+
+
+def message_type(message: Mapping[str, Any], default: str | None = None) -> str:
+    """The message's ``type``; ``default`` where the endpoint allows it to be left out."""
+    value = message.get("type", default)
+    if value is None:
+        raise ProtocolError("missing_field", "missing field 'type'")
+    if not isinstance(value, str):
+        raise ProtocolError("bad_type", "type: expected a string")
+    return value
+
+
+def finite_ms(ns: int) -> float:
+    """Nanoseconds as milliseconds rounded to microseconds, for ``server_timing``."""
+    ms = ns / 1e6
+    return round(ms, 3) if math.isfinite(ms) else 0.0

@@ -1,0 +1,108 @@
+"""``headway serve``: load models from the registry and serve them until SIGTERM/SIGINT.
+
+    headway serve --model standin --standin-ms 20
+    headway serve --host 0.0.0.0 --port 8000 --token s3cret --allowed-origin https://ui.example
+
+The first ``--model`` is the default at ``/``; others are reached with ``/?model=NAME``.
+``--model NAME=ALIAS`` serves a model under another name (e.g. two stand-ins).
+On SIGTERM or SIGINT the server drains: no new sessions, replies in flight are sent,
+sessions close with 1001, then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from stream import registry
+from stream.server import HeadwayServer, ServerConfig
+
+log = logging.getLogger("headway.serve")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = ServerConfig()
+    parser.add_argument("--host", default=d.host, help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=d.port, help="port (default %(default)s; 0 picks a free one)")
+    parser.add_argument("--model", action="append", default=None, metavar="NAME[=ALIAS]",
+                        help=f"model to serve, repeatable; known: {', '.join(registry.names())} (default standin)")
+    parser.add_argument("--standin-ms", type=float, default=20.0,
+                        help="duration of every batched call of the stand-in policy (default %(default)s)")
+    parser.add_argument("--max-batch", type=int, default=64, help="largest batch per model call (default %(default)s)")
+    parser.add_argument("--device", default="cpu", help="torch device for models that use one")
+    parser.add_argument("--token", default=os.environ.get("HEADWAY_TOKEN"),
+                        help="require 'Authorization: Bearer TOKEN' (or openpi's 'Api-Key TOKEN'); "
+                             "default $HEADWAY_TOKEN, unset = no auth")
+    parser.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
+                        help="browser origin allowed to connect (repeatable; '*' = any). "
+                             "Clients without an Origin header are always allowed")
+    parser.add_argument("--budget-ms", type=float, default=d.budget_s * 1000,
+                        help="default per-request latency budget (default %(default)s)")
+    parser.add_argument("--capacity", type=int, default=d.capacity,
+                        help="sessions per model; more are refused with close code 1013 (default %(default)s)")
+    parser.add_argument("--batch-window-ms", type=float, default=d.batch_window_s * 1000,
+                        help="how long an idle worker may wait to grow a batch (default %(default)s)")
+    parser.add_argument("--max-size", type=int, default=d.max_size,
+                        help="largest frame accepted, bytes; larger closes with 1009 (default %(default)s)")
+    parser.add_argument("--send-timeout-s", type=float, default=d.send_timeout_s,
+                        help="close a session whose reply could not be written for this long (default %(default)s)")
+    parser.add_argument("--log-level", default="INFO")
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(
+        host=args.host, port=args.port, token=args.token or None,
+        allowed_origins=tuple(args.allowed_origin), budget_s=args.budget_ms / 1000.0,
+        capacity=args.capacity, batch_window_s=args.batch_window_ms / 1000.0, max_size=args.max_size,
+        send_timeout_s=args.send_timeout_s,
+    )
+
+
+def load_models(args: argparse.Namespace) -> list[registry.LoadedModel]:
+    options = registry.ModelOptions(standin_ms=args.standin_ms, max_batch_size=args.max_batch, device=args.device)
+    models = []
+    for spec in args.model or ["standin"]:
+        name, _, alias = spec.partition("=")
+        models.append(registry.load(name, options, alias=alias or None))
+    return models
+
+
+async def serve(models: list[registry.LoadedModel], config: ServerConfig, ready=None) -> None:
+    """Serve until SIGTERM/SIGINT, then drain. ``ready(port)`` is called once listening."""
+    # The worker threads must get the GIL back quickly after their model call returns;
+    # the default 5 ms switch interval would add up to 5 ms to a busy loop's replies.
+    sys.setswitchinterval(0.0005)
+    server = HeadwayServer(models, config)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.drain()))
+    log.info("listening on ws://%s:%d (models: %s)", config.host, server.port, ", ".join(server.served))
+    if ready is not None:
+        ready(server.port)
+    await server.wait_closed()
+
+
+def run(models: list[registry.LoadedModel], config: ServerConfig, ready=None) -> None:
+    """Run :func:`serve` on uvloop (without touching the global event-loop policy)."""
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(models, config, ready))
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # websockets logs every connection at INFO; keep the log for what matters.
+    logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
+    try:
+        models = load_models(args)
+    except KeyError as exc:
+        print(f"headway serve: {exc.args[0]}", file=sys.stderr)
+        return 2
+    run(models, config_from_args(args))
+    return 0

@@ -1,0 +1,244 @@
+"""The websocket server: transport settings, HTTP endpoints, auth, routing, drain.
+
+One :class:`HeadwayServer` serves one or more loaded models, each behind its own
+:class:`~stream.engine.Engine`. The event loop only moves frames; model code runs on the
+engines' worker threads (DESIGN rule 1).
+
+HTTP, answered at the handshake (``process_request``), before any websocket exists:
+
+* ``GET /healthz`` -> 200 ``OK`` (503 while draining). Never needs a token.
+* ``GET /metrics`` -> 200, Prometheus text format (needs the token when one is set).
+* a path that is no endpoint -> 404; a wrong or missing token -> 401; a browser
+  ``Origin`` not on the allow-list -> 403 (clients that send no ``Origin`` -- robots,
+  scripts -- are not browsers and pass); bad query parameters -> 400.
+
+Websocket endpoints (DESIGN.md, Endpoints): ``/`` is the openpi-compatible policy protocol
+(:class:`stream.sessions.OpenpiSession`). Other paths arrive with the issues that build them.
+
+Transport: compression off; explicit ``max_size`` (a larger frame closes with 1009),
+``max_queue``, ``write_limit``; keepalive pings. A session whose reply has waited to be
+written for ``send_timeout_s`` (the client stopped reading) is closed with 1008.
+
+Drain (:meth:`HeadwayServer.drain`, on SIGTERM/SIGINT under ``headway serve``): stop
+listening (handshakes in progress get 503), let every session send the replies it owes,
+close each with 1001, then stop the engines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Sequence
+from urllib.parse import parse_qs
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from stream.engine import Engine
+from stream.metrics import CONTENT_TYPE, ServerMetrics
+from stream.registry import LoadedModel
+from stream.sessions import OpenpiSession, ServedModel
+
+log = logging.getLogger(__name__)
+
+ROUTES = {"/": OpenpiSession}
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000  # 0: any free port (tests)
+    token: str | None = None
+    allowed_origins: tuple[str, ...] = ()  # browser origins allowed; "*" allows every origin
+    budget_s: float = 0.1  # default per-request budget (deadline = arrival + budget)
+    max_budget_s: float = 10.0
+    capacity: int = 256  # sessions per model; past it new sessions are closed with 1013
+    max_queue: int | None = None  # queued requests per model (default: capacity)
+    batch_window_s: float = 0.0
+    margin_s: float = 0.001
+    max_size: int = 8 * 2**20  # largest frame accepted (bytes)
+    max_queue_frames: int = 4  # received frames buffered per connection before TCP pushes back
+    write_limit: int = 2**16  # send buffer high-water mark (bytes)
+    ping_interval_s: float | None = 20.0
+    ping_timeout_s: float | None = 20.0
+    open_timeout_s: float = 10.0
+    close_timeout_s: float = 5.0
+    send_timeout_s: float = 5.0
+    max_pending: int = 8  # requests per session awaiting their reply before reading pauses
+    drain_timeout_s: float = 30.0
+
+
+class HeadwayServer:
+    """Serves ``models`` (the first is the default at ``/``) with ``config``.
+
+    ``await start()`` binds and starts the engines; ``await drain()`` shuts down
+    gracefully; ``await wait_closed()`` returns after a drain has finished.
+    """
+
+    def __init__(self, models: Sequence[LoadedModel], config: ServerConfig | None = None,
+                 metrics: ServerMetrics | None = None):
+        if not models:
+            raise ValueError("serve at least one model")
+        self.config = config or ServerConfig()
+        self.metrics = metrics or ServerMetrics()
+        self.served: dict[str, ServedModel] = {}
+        for model in models:
+            if model.name in self.served:
+                raise ValueError(f"model {model.name!r} loaded twice; give one an alias")
+            engine = Engine(model.name, model.executor, capacity=self.config.capacity,
+                            max_queue=self.config.max_queue, batch_window_s=self.config.batch_window_s,
+                            margin_s=self.config.margin_s, latency_prior_s=model.latency_prior_s,
+                            metrics=self.metrics.for_engine(model.name))
+            self.served[model.name] = ServedModel(model, engine)
+        self.default_model = models[0].name
+        self.sessions: set[OpenpiSession] = set()
+        self.draining = False
+        self.port = self.config.port
+        self._ws_server: Server | None = None
+        self._watchdog: asyncio.Task | None = None
+        self._closed = asyncio.Event()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for served in self.served.values():
+            served.engine.start(loop)
+        c = self.config
+        origins = None if "*" in c.allowed_origins else [None, *c.allowed_origins]
+        self._ws_server = await serve(
+            self._handle, c.host, c.port,
+            compression=None,
+            origins=origins,
+            process_request=self._process_request,
+            max_size=c.max_size,
+            max_queue=c.max_queue_frames,
+            write_limit=c.write_limit,
+            ping_interval=c.ping_interval_s,
+            ping_timeout=c.ping_timeout_s,
+            open_timeout=c.open_timeout_s,
+            close_timeout=c.close_timeout_s,
+        )
+        self.port = self._ws_server.sockets[0].getsockname()[1]
+        self._watchdog = asyncio.create_task(self._watch_slow_consumers())
+        log.info("headway serving %s on ws://%s:%d", ", ".join(self.served), c.host, self.port)
+
+    async def drain(self) -> None:
+        """Refuse new handshakes, finish the work in flight, close sessions with 1001."""
+        if self.draining:
+            await self._closed.wait()
+            return
+        self.draining = True
+        log.info("draining: %d sessions open", len(self.sessions))
+        assert self._ws_server is not None
+        self._ws_server.close(close_connections=False)
+        for session in list(self.sessions):
+            session.drain()
+        try:
+            await asyncio.wait_for(self._ws_server.wait_closed(), self.config.drain_timeout_s)
+        except TimeoutError:
+            log.warning("drain timed out after %.0f s; closing the remaining connections",
+                        self.config.drain_timeout_s)
+            for connection in list(self._ws_server.connections):
+                connection.transport.abort()
+            await self._ws_server.wait_closed()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        for served in self.served.values():
+            await served.engine.stop()
+        self._closed.set()
+        log.info("drained")
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    # -- HTTP side of the handshake -------------------------------------------------------
+
+    def _authorized(self, request: Request) -> bool:
+        token = self.config.token
+        if not token:
+            return True
+        header = request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() not in ("bearer", "api-key"):
+            return False
+        return hmac.compare_digest(value.strip().encode(), token.encode())
+
+    def _session_options(self, raw_path: str) -> tuple[str, ServedModel, float]:
+        """(route, served model, budget) from the request path; ValueError for bad values."""
+        path, _, query = raw_path.partition("?")
+        params = parse_qs(query, max_num_fields=8)
+        name = params.get("model", [self.default_model])[-1]
+        served = self.served.get(name)
+        if served is None:
+            raise ValueError(f"unknown model {name!r}; served: {', '.join(self.served)}")
+        budget_s = self.config.budget_s
+        if "budget_ms" in params:
+            try:
+                budget_s = float(params["budget_ms"][-1]) / 1000.0
+            except ValueError:
+                raise ValueError("budget_ms must be a number") from None
+            if not 0.0 < budget_s <= self.config.max_budget_s:
+                raise ValueError(f"budget_ms must be in (0, {self.config.max_budget_s * 1000:.0f}]")
+        return path, served, budget_s
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.partition("?")[0]
+        if path == "/healthz":
+            if self.draining:
+                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
+            return connection.respond(HTTPStatus.OK, "OK\n")
+        if path == "/metrics":
+            if not self._authorized(request):
+                return self._unauthorized(connection)
+            for served in self.served.values():
+                self.metrics.queue_depth.labels(served.model.name).set(served.engine.queue_depth)
+            response = connection.respond(HTTPStatus.OK, self.metrics.render().decode())
+            response.headers["Content-Type"] = CONTENT_TYPE
+            return response
+        if path not in ROUTES:
+            return connection.respond(HTTPStatus.NOT_FOUND, f"no endpoint at {path}\n")
+        if not self._authorized(request):
+            return self._unauthorized(connection)
+        if self.draining:
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "server is shutting down\n")
+        try:
+            self._session_options(request.path)
+        except ValueError as exc:
+            return connection.respond(HTTPStatus.BAD_REQUEST, f"{exc}\n")
+        return None
+
+    @staticmethod
+    def _unauthorized(connection: ServerConnection) -> Response:
+        response = connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong token\n")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="headway"'
+        return response
+
+    # -- websocket side -------------------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        route, served, budget_s = self._session_options(ws.request.path)
+        session = ROUTES[route](ws, served, self.metrics, budget_s=budget_s, max_pending=self.config.max_pending)
+        self.sessions.add(session)
+        try:
+            await session.run()
+        except Exception:
+            log.exception("session on %s failed", route)
+            await ws.close(1011, "internal error")
+        finally:
+            self.sessions.discard(session)
+
+    async def _watch_slow_consumers(self) -> None:
+        limit_ns = int(self.config.send_timeout_s * 1e9)
+        period = min(0.25, self.config.send_timeout_s / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic_ns()
+            for session in list(self.sessions):
+                started = session.send_started_ns
+                if started and now - started > limit_ns:
+                    session.abort_slow_consumer()
