@@ -9,7 +9,9 @@ talks to a Headway server's ``/v1/policy``).
 
 A real robot plugs in through ``Robot``: ``observe()`` returns at least ``{"state": [S]}``
 (images optional), ``apply(action)`` commands one action. ``on_underrun`` decides what to
-do when the buffer runs dry (default: repeat the last action).
+do when the buffer runs dry (default: repeat the last action). A robot that runs episodes
+may also have ``take_episode_boundary() -> bool``: when it returns True the loop drops its
+plan and asks for a fresh chunk with ``reset`` set, so the server forgets the old one.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class PolicyLink(Protocol):
 class LoopStats:
     ticks: int = 0
     underruns: int = 0  # ticks with no planned action after the first chunk arrived
-    warmup_ticks: int = 0  # ticks before the first chunk arrived (holding, not counted)
+    warmup_ticks: int = 0  # ticks held before the first chunk of the session or an episode arrived
     timeouts: int = 0
     late_replies_dropped: int = 0
     skipped_actions: int = 0  # new-plan actions lost because a chunk came later than its d
@@ -123,6 +125,7 @@ class RobotLoop:
         self._next_request_tick = 0
         self._last_action: np.ndarray | None = None
         self._started = False
+        self._reset_pending = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -141,6 +144,9 @@ class RobotLoop:
         if self._outstanding is None and t >= self._next_request_tick:
             request_id = self._next_request_id
             self._next_request_id += 1
+            if self._reset_pending:
+                observation = {**observation, "reset": True}
+                self._reset_pending = False
             self.link.request(request_id, t, observation, self._report)
             self._outstanding = (request_id, t)
         action = self.buffer.pop(t)
@@ -155,9 +161,21 @@ class RobotLoop:
         if action is not None:
             self.robot.apply(action)
             self._last_action = action
+        boundary = getattr(self.robot, "take_episode_boundary", None)
+        if boundary is not None and boundary():
+            self._new_episode()
         self.tick += 1
         self.stats.ticks += 1
         return action
+
+    def _new_episode(self) -> None:
+        """Drop the plan and any request in flight (its reply is for the old episode)."""
+        self.buffer = ActionBuffer(self.buffer.action_dim)
+        self._outstanding = None
+        self._report = None
+        self._started = False
+        self._reset_pending = True
+        self._next_request_tick = self.tick + 1
 
     def _accept(self, reply: ChunkReply, now: int) -> None:
         if self._outstanding is None or reply.request_id != self._outstanding[0]:

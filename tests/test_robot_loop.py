@@ -38,9 +38,11 @@ class ScriptedLink:
         self.pending: list[tuple[int, ChunkReply]] = []
         self.sent: list[tuple[int, int, dict | None]] = []
         self.abandoned: list[int] = []
+        self.observations: list[dict] = []
 
     def request(self, request_id, tick, observation, report):
         self.sent.append((request_id, tick, report))
+        self.observations.append(observation)
         delay = self.delays[min(request_id, len(self.delays) - 1)]
         actions = chunk(np.arange(self.horizon) + 100 * (request_id + 1))
         d = self.d if self.d is not None else delay
@@ -172,3 +174,15 @@ def test_run_ticks_on_a_drift_free_schedule():
     loop.run(ticks=50)
     assert loop.tick == 50
     assert len(loop.stats.jitter_ms) == 50
+
+
+def test_an_episode_boundary_drops_the_plan_and_asks_for_a_fresh_chunk_with_reset():
+    loop, link, robot = make_loop(delays=[1, 2, 2, 2], horizon=16, s=8)
+    ends_at = {5}
+    robot.take_episode_boundary = lambda: loop.tick in ends_at
+    for _ in range(10):
+        loop.step()
+    assert [tick for _, tick, _ in link.sent] == [0, 6]
+    assert link.observations[1].get("reset") is True
+    assert loop.buffer.remaining(loop.tick) > 0  # the new episode's chunk, not the old plan
+    assert robot.applied[-1][0] >= 200
