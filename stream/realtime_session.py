@@ -1,0 +1,200 @@
+"""The ``/v1/policy`` session's logic, sans I/O: hello, observations, chunks (docs/policy-protocol.md).
+
+``RealtimeSessionState`` holds what the server keeps per robot session: the resolved
+strategy, the last chunk sent and the tick it starts at, and a ``DelayEstimator`` fed with
+the round trips the client reports in ticks. For each observation it builds the engine
+request -- the state, the previous chunk shifted to the observation's tick, ``d`` and ``s``
+-- and a budget: the time left until the robot runs out of planned actions, less a safety
+margin. It never touches a socket or a clock; ``stream.sessions.RealtimePolicySession``
+feeds it.
+
+Failure modes: a malformed hello or observation raises ``ProtocolError`` (the session
+closes with 1008); a request the robot would receive too late is answered
+``deadline_exceeded`` by the engine and the previous chunk stays in force.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from chunking.delay import DelayEstimator, DelayEstimatorConfig, clamp_horizons
+from stream.protocol import ArrayField, ObservationSpec, ProtocolError
+
+STRATEGIES = ("rtc", "naive", "sync")
+SCHEDULES = ("exp", "linear", "ones", "zeros")
+ENVELOPE = frozenset({"type", "request_id", "tick", "report", "reset", "prev_chunk", "prev_start_tick"})
+
+
+@dataclass(frozen=True)
+class RealtimeSettings:
+    """A session's strategy, resolved from its hello."""
+
+    strategy: str = "rtc"
+    control_hz: float = 50.0
+    future_state: bool = False
+    beta: float = 5.0
+    s: int | None = None  # None: chosen per request from d
+    s_min: int = 4
+    schedule: str = "exp"
+    degrade: bool = True
+    budget_ms: float | None = None
+    margin_ticks: int = 2
+
+    def describe(self) -> dict[str, Any]:
+        return {"strategy": self.strategy, "control_hz": self.control_hz, "future_state": self.future_state,
+                "beta": self.beta, "s": self.s, "s_min": self.s_min, "schedule": self.schedule,
+                "degrade": self.degrade, "budget_ms": self.budget_ms, "margin_ticks": self.margin_ticks}
+
+
+@dataclass
+class PreparedRequest:
+    """One observation, ready for the engine."""
+
+    request_id: int
+    tick: int
+    inputs: dict[str, Any]
+    budget_s: float
+    d: int
+    s: int
+
+
+def _int(message: Mapping[str, Any], name: str, low: int = 0, high: int = 2**53) -> int:
+    value = message.get(name)
+    if isinstance(value, (bool, float)) or not isinstance(value, (int, np.integer)):
+        raise ProtocolError("missing_field" if value is None else "bad_type", f"{name}: expected an integer")
+    if not low <= int(value) <= high:
+        raise ProtocolError("bad_shape", f"{name}: {int(value)} is outside [{low}, {high}]")
+    return int(value)
+
+
+def _number(message: Mapping[str, Any], name: str, default: float, low: float, high: float) -> float:
+    value = message.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not low <= float(value) <= high:
+        raise ProtocolError("bad_type", f"{name}: expected a number in [{low}, {high}]")
+    return float(value)
+
+
+def _flag(message: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = message.get(name, default)
+    if not isinstance(value, bool):
+        raise ProtocolError("bad_type", f"{name}: expected true or false")
+    return value
+
+
+def _choice(message: Mapping[str, Any], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = message.get(name, default)
+    if value not in choices:
+        raise ProtocolError("bad_type", f"{name}: expected one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+class RealtimeSessionState:
+    """Per-session state of ``/v1/policy`` (see the module docstring).
+
+    ``horizon``/``action_dim``/``control_hz`` come from the model's metadata;
+    ``spec`` validates the model's own observation fields (state, images).
+    """
+
+    def __init__(self, spec: ObservationSpec, horizon: int, action_dim: int, control_hz: float):
+        self.spec = ObservationSpec(spec.fields, envelope=ENVELOPE)
+        self.horizon = horizon
+        self.action_dim = action_dim
+        self.model_hz = control_hz
+        self.settings = RealtimeSettings(control_hz=control_hz)
+        self.delay = DelayEstimator(DelayEstimatorConfig(horizon=horizon))
+        self.last_chunk: np.ndarray | None = None  # [H, A], index 0 applies at last_start
+        self.last_start = 0
+        self._chunk_field = ArrayField(("float32", "float64"), (None, action_dim), cast="float32",
+                                       max_size=horizon)
+
+    # -- hello -----------------------------------------------------------------------------
+
+    def hello(self, message: Mapping[str, Any]) -> RealtimeSettings:
+        """Resolve the session's strategy from its hello; raises ``ProtocolError``."""
+        if message.get("type") != "hello":
+            raise ProtocolError("unknown_type", "the first message on /v1/policy is a 'hello'")
+        known = {"type", "model", "control_hz", "strategy", "future_state", "beta", "s", "schedule",
+                 "degrade", "budget_ms"}
+        for name in message:
+            if name not in known:
+                raise ProtocolError("unknown_field", f"unknown hello field {name!r} (expected: {', '.join(sorted(known))})")
+        s = message.get("s")
+        if s is not None:
+            s = _int(message, "s", 1, self.horizon)
+        budget = message.get("budget_ms")
+        if budget is not None:
+            budget = _number(message, "budget_ms", 0.0, 1.0, 10_000.0)
+        self.settings = RealtimeSettings(
+            strategy=_choice(message, "strategy", "rtc", STRATEGIES),
+            control_hz=_number(message, "control_hz", self.model_hz, 1.0, 1000.0),
+            future_state=_flag(message, "future_state", False),
+            beta=_number(message, "beta", 5.0, 0.0, 100.0),
+            s=s,
+            schedule=_choice(message, "schedule", "exp", SCHEDULES),
+            degrade=_flag(message, "degrade", True),
+            budget_ms=budget,
+        )
+        return self.settings
+
+    # -- observations ----------------------------------------------------------------------
+
+    def observation(self, message: Mapping[str, Any]) -> PreparedRequest:
+        """Validate one observation and build its engine request; raises ``ProtocolError``."""
+        request_id = _int(message, "request_id")
+        tick = _int(message, "tick")
+        fields = self.spec.validate(message)
+        if _flag(message, "reset", False):
+            self.last_chunk = None
+        report = message.get("report")
+        if report is not None:
+            if not isinstance(report, Mapping):
+                raise ProtocolError("bad_type", "report: expected a map")
+            sent, arrived = _int(report, "tick_sent"), _int(report, "tick_arrived")
+            if arrived < sent or arrived > tick:
+                raise ProtocolError("bad_shape", "report: need tick_sent <= tick_arrived <= tick")
+            self.delay.observe_round_trip(sent, arrived)
+        prev, prev_start = self.last_chunk, self.last_start
+        if message.get("prev_chunk") is not None:  # stateless client: it sends its plan back
+            prev = self._chunk_field.validate("prev_chunk", message["prev_chunk"])
+            prev_start = _int(message, "prev_start_tick")
+
+        settings, H = self.settings, self.horizon
+        d_raw = self.delay.d if settings.strategy != "sync" else 0
+        s_wanted = settings.s if settings.s is not None else (H if settings.strategy == "sync" else max(d_raw, settings.s_min))
+        d, s = clamp_horizons(d_raw, s_wanted, H)
+        inputs: dict[str, Any] = dict(fields)
+        offset = tick - prev_start
+        covered = prev is not None and 0 <= offset < len(prev)
+        if settings.strategy == "rtc" and covered:
+            shifted = np.empty((H, self.action_dim), dtype=np.float32)
+            rest = prev[offset:][:H]
+            shifted[: len(rest)] = rest
+            shifted[len(rest):] = rest[-1]  # beyond the old plan: weight 0 in the mask anyway
+            # The soft mask must end where the old plan ends (H - offset), not earlier.
+            _, s_mask = clamp_horizons(d, max(s, H - len(rest)), H)
+            inputs.update(prev_chunk=shifted, d=d, s=s_mask, future_state=settings.future_state,
+                          beta=settings.beta, schedule=settings.schedule)
+        budget_s = self._budget_s(tick, prev if covered else None, prev_start)
+        return PreparedRequest(request_id=request_id, tick=tick, inputs=inputs, budget_s=budget_s, d=d, s=s)
+
+    def _budget_s(self, tick: int, prev: np.ndarray | None, prev_start: int) -> float:
+        """Until the robot runs out of planned actions, less ``margin_ticks``; the hello's
+        ``budget_ms`` overrides; a robot with no plan gets one chunk's worth of time."""
+        settings = self.settings
+        if settings.budget_ms is not None:
+            return settings.budget_ms / 1000.0
+        tick_s = 1.0 / settings.control_hz
+        if prev is None:
+            return self.horizon * tick_s
+        remaining = prev_start + len(prev) - tick
+        return max(1, remaining - settings.margin_ticks) * tick_s
+
+    def completed(self, prepared: PreparedRequest, chunk: np.ndarray) -> dict[str, Any]:
+        """Record the chunk sent for ``prepared``; returns the reply's fields."""
+        self.last_chunk = np.asarray(chunk, dtype=np.float32)
+        self.last_start = prepared.tick
+        return {"request_id": prepared.request_id, "actions": self.last_chunk, "start_tick": prepared.tick,
+                "d": prepared.d, "s": prepared.s}

@@ -1,0 +1,115 @@
+"""The /v1/policy session logic without a socket: hello, the shifted previous chunk, d, s, budgets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stream.protocol import ProtocolError
+from stream.realtime_session import RealtimeSessionState
+from stream.registry import robot_observation_spec
+
+H, A, S = 16, 2, 3
+
+
+def session(**hello):
+    state = RealtimeSessionState(robot_observation_spec(S), horizon=H, action_dim=A, control_hz=50.0)
+    state.hello({"type": "hello", **hello})
+    return state
+
+
+def observation(request_id, tick, **extra):
+    return {"type": "observation", "request_id": request_id, "tick": tick,
+            "state": np.zeros(S, dtype=np.float32), **extra}
+
+
+def ramp_chunk(start=0.0):
+    return np.repeat((start + np.arange(H, dtype=np.float32))[:, None], A, axis=1)
+
+
+def test_hello_rejects_an_unknown_strategy():
+    state = RealtimeSessionState(robot_observation_spec(S), horizon=H, action_dim=A, control_hz=50.0)
+    with pytest.raises(ProtocolError) as err:
+        state.hello({"type": "hello", "strategy": "teleport"})
+    assert err.value.close_code == 1008
+
+
+def test_hello_rejects_an_execution_horizon_longer_than_the_chunk():
+    state = RealtimeSessionState(robot_observation_spec(S), horizon=H, action_dim=A, control_hz=50.0)
+    with pytest.raises(ProtocolError):
+        state.hello({"type": "hello", "s": H + 1})
+
+
+def test_first_observation_is_sampled_plainly_with_a_chunk_long_budget():
+    state = session()
+    prepared = state.observation(observation(0, 0))
+    assert "prev_chunk" not in prepared.inputs
+    assert prepared.budget_s == pytest.approx(H / 50.0)
+
+
+def test_the_previous_chunk_is_shifted_to_the_observation_tick():
+    state = session()
+    first = state.observation(observation(0, 10))
+    state.completed(first, ramp_chunk())
+    prepared = state.observation(observation(1, 14))
+    np.testing.assert_array_equal(prepared.inputs["prev_chunk"][:12, 0], np.arange(4, 16))
+    assert prepared.inputs["prev_chunk"].shape == (H, A)
+
+
+def test_reported_round_trips_set_d_after_the_warmup_one():
+    state = session()
+    state.completed(state.observation(observation(0, 0)), ramp_chunk())
+    warmup = state.observation(observation(1, 12, report={"request_id": 0, "tick_sent": 0, "tick_arrived": 12}))
+    state.completed(warmup, ramp_chunk())
+    state.completed(state.observation(observation(2, 16, report={"request_id": 1, "tick_sent": 12, "tick_arrived": 15})),
+                    ramp_chunk())
+    prepared = state.observation(observation(3, 20))
+    assert prepared.d == 3
+    assert prepared.d <= prepared.s <= H - prepared.d
+
+
+def test_budget_runs_until_the_robot_would_run_out_of_actions_less_the_margin():
+    state = session()
+    state.completed(state.observation(observation(0, 0)), ramp_chunk())
+    prepared = state.observation(observation(1, 6))
+    assert prepared.budget_s == pytest.approx((H - 6 - 2) / 50.0)
+
+
+def test_reset_forgets_the_previous_chunk():
+    state = session()
+    state.completed(state.observation(observation(0, 0)), ramp_chunk())
+    prepared = state.observation(observation(1, 4, reset=True))
+    assert "prev_chunk" not in prepared.inputs
+
+
+def test_naive_and_sync_strategies_never_send_a_previous_chunk():
+    for strategy in ("naive", "sync"):
+        state = session(strategy=strategy)
+        state.completed(state.observation(observation(0, 0)), ramp_chunk())
+        assert "prev_chunk" not in state.observation(observation(1, 4)).inputs
+
+
+def test_sync_asks_for_the_next_chunk_only_after_the_whole_chunk():
+    state = session(strategy="sync")
+    assert state.observation(observation(0, 0)).s == H
+
+
+def test_a_stateless_client_may_send_its_plan_back():
+    state = session()
+    prepared = state.observation(observation(0, 5, prev_chunk=ramp_chunk(100.0)[:8], prev_start_tick=3))
+    np.testing.assert_array_equal(prepared.inputs["prev_chunk"][:6, 0], np.arange(102, 108))
+
+
+def test_a_report_from_the_future_is_refused():
+    state = session()
+    with pytest.raises(ProtocolError):
+        state.observation(observation(0, 5, report={"request_id": 0, "tick_sent": 2, "tick_arrived": 9}))
+
+
+def test_an_observation_without_a_tick_is_refused():
+    state = session()
+    message = observation(0, 0)
+    del message["tick"]
+    with pytest.raises(ProtocolError) as err:
+        state.observation(message)
+    assert err.value.code == "missing_field"
