@@ -27,6 +27,11 @@ sqrt(1-ᾱ) ε``): the same guidance expressed through the noise prediction. Der
   Unclipped this is ``Δscore = g / (1-ᾱ) = g / r²``, exactly ΠGDM's correction; it moves
   ``x̂0`` by ``+sqrt(1-ᾱ) w g`` (toward ``Y``), the same as the flow update moves ``x̂1``.
 
+At pure noise (``ᾱ`` below ``MIN_ALPHA_BAR``, e.g. the first "trailing" DDIM step at
+``t = T-1`` where ``ᾱ ≈ 2e-7``) the ε-parametrised clean estimate divides the network's
+error by ``sqrt(ᾱ)`` and is meaningless, so that step runs unguided (a flow policy's
+``x̂1`` has no such singularity: its velocity parametrisation stays finite at tau = 0).
+
 Items whose weights are all zero (no previous chunk) get ``e = 0``, so ``g = 0`` and the
 step is the plain one; ``beta = 0`` gives ``w = 0`` and plain sampling as well.
 
@@ -46,6 +51,9 @@ import torch
 from chunking.soft_mask import Schedule, prefix_weights
 
 Denoise = Callable[[torch.Tensor], torch.Tensor]
+
+# Below this cumulative signal level a diffusion step runs unguided (see module docstring).
+MIN_ALPHA_BAR = 1e-3
 
 
 @dataclass
@@ -149,7 +157,11 @@ class RealTimeChunkingGuide:
             return denoise(x)
         batch = x.shape[0]
         ab = _per_item(alpha_bar, batch, x)
+        if bool((ab < MIN_ALPHA_BAR).all()):
+            return denoise(x)
+        ab = ab.clamp(min=MIN_ALPHA_BAR)
         sqrt_ab, sqrt_1m = ab.sqrt(), (1.0 - ab).clamp(min=0).sqrt()
         eps, g = self._vjp(x, denoise, lambda xi, ei: (xi - sqrt_1m * ei) / sqrt_ab)
         w = _per_item(diffusion_guidance_weight(ab.reshape(batch), self.beta), batch, x)
+        w = torch.where(_per_item(alpha_bar, batch, x) < MIN_ALPHA_BAR, torch.zeros_like(w), w)
         return eps - sqrt_ab * w * g

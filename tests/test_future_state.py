@@ -5,7 +5,7 @@ import torch
 
 from chunking.future_state import last_commanded_position, rollout_pending, rollout_with
 from chunking.realtime import RealtimeConfig, realtime_chunk
-from tests.tiny_policies import TinyFlowPolicy, tiny_config
+from tests.tiny_policies import small_policy
 
 
 def integrate(state, action):
@@ -47,7 +47,7 @@ def test_task_model_rollout_matches_the_simulators_predict_state():
 def test_future_state_chunk_is_conditioned_on_each_items_rolled_state_and_reindexed():
     """With beta = 0 (no inpainting), realtime_chunk with future state must return, per item,
     the d pending actions followed by a plain sample from the state rolled d ticks ahead."""
-    policy = TinyFlowPolicy(tiny_config("flow", horizon=8, action_dim=1, state_dim=2))
+    policy = small_policy("flow", horizon=8, action_dim=1, state_dim=2)
     state = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
     prev = torch.randn(3, 8, 1, generator=torch.Generator().manual_seed(1))
     d = torch.tensor([0, 2, 3])
@@ -62,7 +62,7 @@ def test_future_state_chunk_is_conditioned_on_each_items_rolled_state_and_reinde
 
 
 def test_items_without_a_previous_chunk_are_not_rolled_forward():
-    policy = TinyFlowPolicy(tiny_config("flow", horizon=8, action_dim=1, state_dim=2))
+    policy = small_policy("flow", horizon=8, action_dim=1, state_dim=2)
     state = torch.randn(2, 2, generator=torch.Generator().manual_seed(0))
     prev = torch.randn(2, 8, 1, generator=torch.Generator().manual_seed(1))
     out = realtime_chunk(policy, state, prev, torch.tensor([False, False]), 3, 3, RealtimeConfig(beta=0.0),

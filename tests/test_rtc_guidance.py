@@ -8,14 +8,15 @@ import torch
 from chunking.realtime import RealtimeConfig, realtime_chunk
 from chunking.rtc import RealTimeChunkingGuide, diffusion_guidance_weight, flow_guidance_weight
 from chunking.soft_mask import prefix_weights
-from tests.tiny_policies import TinyDiffusionPolicy, TinyFlowPolicy, tiny_config
+from tests.tiny_policies import gaussian_policy
 
-FAMILIES = {"flow": TinyFlowPolicy, "diffusion": TinyDiffusionPolicy}
+FAMILIES = ("flow", "diffusion")
 B, H, A, S = 6, 8, 2, 3
 
 
 def make(family):
-    return FAMILIES[family](tiny_config(family, horizon=H, action_dim=A, state_dim=S, num_steps=5))
+    # Exact Gaussian denoiser inside the project's FlowPolicy / DiffusionPolicy (DDIM).
+    return gaussian_policy(family, horizon=H, action_dim=A, state_dim=S, num_steps=5)
 
 
 def states(seed=1):
@@ -41,7 +42,7 @@ def test_diffusion_weight_equals_the_flow_weight_on_the_matching_noise_level():
     assert torch.allclose(diffusion_guidance_weight(alpha_bar, 50.0), flow_guidance_weight(tau, 50.0), rtol=1e-5)
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_beta_zero_equals_plain_sampling(family):
     policy, state = make(family), states()
     prev = sample(policy, state, seed=7)
@@ -51,7 +52,7 @@ def test_beta_zero_equals_plain_sampling(family):
     assert torch.equal(guided, plain)
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_items_without_a_previous_chunk_are_sampled_plainly_inside_a_guided_batch(family):
     policy, state = make(family), states()
     prev = sample(policy, state, seed=7)
@@ -63,17 +64,20 @@ def test_items_without_a_previous_chunk_are_sampled_plainly_inside_a_guided_batc
     assert not torch.allclose(guided[has_prev], plain[has_prev], atol=1e-3)
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_previous_chunk_sampled_with_the_same_noise_is_reproduced_on_the_frozen_prefix(family):
     policy, state = make(family), states()
     prev = sample(policy, state, seed=3)
+    other = sample(policy, state, seed=4)  # an independent sample, for scale
     out = realtime_chunk(policy, state, prev, torch.ones(B, dtype=torch.bool), 3, 3,
                          generator=torch.Generator().manual_seed(3))
     # Guidance only nudges where the one-step estimate x̂ differs from the final sample.
-    assert (out[:, :3] - prev[:, :3]).abs().max().item() < 1e-2
+    err = (out[:, :3] - prev[:, :3]).abs().mean().item()
+    spread = (other[:, :3] - prev[:, :3]).abs().mean().item()
+    assert err < 0.05 * spread
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_guidance_pulls_an_independent_sample_onto_the_frozen_prefix(family):
     policy, state = make(family), states()
     prev = sample(policy, state, seed=11)
@@ -101,7 +105,7 @@ def test_guide_with_per_item_d_equals_each_item_guided_alone():
         assert torch.allclose(v[i], vi[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_batch_with_per_item_delays_freezes_each_items_own_prefix(family):
     policy, state = make(family), states()
     prev = sample(policy, state, seed=11)

@@ -10,7 +10,7 @@ from chunking.ensemble import EnsembleConfig, TemporalEnsemble
 from chunking.future_state import rollout_with
 from chunking.merge import merge_arriving_chunk, shift_chunk
 from chunking.strategies import STRATEGIES, ChunkedController, StrategyConfig
-from tests.tiny_policies import ClockPolicy, TinyDiffusionPolicy, TinyFlowPolicy, tiny_config
+from tests.tiny_policies import ClockPolicy, small_policy
 
 HOLD = -100.0
 
@@ -96,8 +96,7 @@ def toy_step(state, action):
 @pytest.mark.parametrize("family", ["flow", "diffusion"])
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_every_strategy_runs_with_both_policy_families(name, family):
-    cls = TinyFlowPolicy if family == "flow" else TinyDiffusionPolicy
-    policy = cls(tiny_config(family, horizon=8, action_dim=2, state_dim=3, num_steps=5))
+    policy = small_policy(family, horizon=8, action_dim=2, state_dim=3, num_steps=5)
     config = StrategyConfig(name)
     config.bid.n_samples = 4
     ctrl = ChunkedController(policy, config, d=2, s=3, future_state_fn=rollout_with(toy_step),

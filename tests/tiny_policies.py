@@ -1,17 +1,11 @@
-"""Tiny randomly initialised ChunkPolicy implementations for the chunking tests.
-
-They follow ``policies.base`` exactly (robot units in and out, guide called once per
-step, WarmStart re-noised to the level of its last steps) but are small enough that a
-test samples hundreds of chunks in milliseconds. Flow: Euler, tau 0 = noise -> 1 = data.
-Diffusion: diffusers DDIM, epsilon prediction.
-"""
+"""Small policies for the chunking tests: the project's FlowPolicy and DiffusionPolicy,
+randomly initialised with a narrow network (a test samples hundreds of chunks in
+milliseconds), and a deterministic ClockPolicy for timing logic."""
 
 from __future__ import annotations
 
 import torch
-from torch import nn
-
-from policies.base import PolicyConfig, StepGuide, WarmStart
+from policies.base import PolicyConfig
 
 
 def tiny_config(family: str, horizon: int = 8, action_dim: int = 2, state_dim: int = 3, num_steps: int = 5) -> PolicyConfig:
@@ -31,86 +25,51 @@ def tiny_config(family: str, horizon: int = 8, action_dim: int = 2, state_dim: i
     )
 
 
-class _Net(nn.Module):
-    def __init__(self, config: PolicyConfig, seed: int) -> None:
+def small_policy(family: str, horizon: int = 8, action_dim: int = 2, state_dim: int = 3, num_steps: int = 5, seed: int = 0):
+    """The project's own FlowPolicy / DiffusionPolicy, randomly initialised and small."""
+    from policies.checkpoint import build_policy
+
+    torch.manual_seed(seed)
+    policy = build_policy(tiny_config(family, horizon, action_dim, state_dim, num_steps))
+    for p in policy.parameters():
+        p.requires_grad_(False)
+    return policy
+
+
+class GaussianChunkNet(torch.nn.Module):
+    """The exact denoiser for normalised chunks ``x1 ~ N(mu(state), sigma^2 I)``, with
+    ``mu = state @ M`` for a fixed random ``M``: the Bayes-optimal velocity (flow, tau 0 =
+    noise) or noise prediction (diffusion, tau = t / T). Put inside the project's policy
+    classes it makes their samples a known distribution, so guidance can be checked
+    against real samples of the policy rather than the output of an untrained net."""
+
+    def __init__(self, family: str, horizon: int, action_dim: int, state_dim: int, sigma: float = 0.5,
+                 alphas_cumprod: torch.Tensor | None = None, seed: int = 0) -> None:
         super().__init__()
-        torch.manual_seed(seed)
-        flat = config.horizon * config.action_dim
-        self.body = nn.Sequential(
-            nn.Linear(flat + config.state_dim + 1, config.hidden), nn.Tanh(), nn.Linear(config.hidden, flat)
-        )
-        self.shape = (config.horizon, config.action_dim)
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("m", torch.randn(state_dim, horizon * action_dim, generator=g))
+        self.family, self.shape, self.sigma = family, (horizon, action_dim), sigma
+        self.alphas_cumprod = alphas_cumprod
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        inp = torch.cat([x.flatten(1), state, t.reshape(-1, 1).to(x.dtype)], dim=1)
-        return self.body(inp).reshape(x.shape[0], *self.shape)
-
-
-class _Base:
-    def __init__(self, config: PolicyConfig, seed: int = 0) -> None:
-        self.config = config
-        self.net = _Net(config, seed)
-        self.mean = torch.tensor(config.action_mean)
-        self.std = torch.tensor(config.action_std)
-
-    def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
-        return (actions - self.mean) / self.std
-
-    def unnormalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
-        return actions * self.std + self.mean
-
-    def _noise(self, batch: int, generator: torch.Generator | None) -> torch.Tensor:
-        return torch.randn(batch, self.config.horizon, self.config.action_dim, generator=generator)
+    def forward(self, x: torch.Tensor, tau: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        mu = (state @ self.m).reshape(x.shape[0], *self.shape)
+        var = self.sigma**2
+        t = tau.reshape(-1, 1, 1).to(x.dtype)
+        if self.family == "flow":
+            mean_x1 = mu + t * var / (t**2 * var + (1 - t) ** 2) * (x - t * mu)
+            mean_eps = (x - t * mean_x1) / (1 - t)
+            return mean_x1 - mean_eps
+        steps = self.alphas_cumprod.shape[0]
+        ab = self.alphas_cumprod[(tau * steps).round().long().clamp(0, steps - 1)].reshape(-1, 1, 1).to(x.dtype)
+        return (1 - ab).sqrt() / (ab * var + 1 - ab) * (x - ab.sqrt() * mu)
 
 
-class TinyFlowPolicy(_Base):
-    def sample(self, state, *, guide: StepGuide | None = None, warm_start: WarmStart | None = None,
-               num_steps: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        n = num_steps or self.config.num_steps
-        batch = state.shape[0]
-        with torch.no_grad():
-            x = self._noise(batch, generator)
-            first = 0
-            if warm_start is not None:
-                first = n - warm_start.steps
-                tau0 = first / n
-                x = tau0 * self.normalize_actions(warm_start.chunk) + (1 - tau0) * x
-            for k in range(first, n):
-                tau = torch.full((batch,), k / n)
-                denoise = lambda xi, tau=tau: self.net(xi, tau, state)  # noqa: E731
-                v = guide.flow_velocity(x, tau, denoise) if guide is not None else denoise(x)
-                x = x + v / n
-        return self.unnormalize_actions(x)
-
-
-class TinyDiffusionPolicy(_Base):
-    def __init__(self, config: PolicyConfig, seed: int = 0) -> None:
-        super().__init__(config, seed)
-        from diffusers import DDIMScheduler
-
-        self.scheduler = DDIMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", clip_sample=False)
-
-    def sample(self, state, *, guide: StepGuide | None = None, warm_start: WarmStart | None = None,
-               num_steps: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        n = num_steps or self.config.num_steps
-        batch = state.shape[0]
-        self.scheduler.set_timesteps(n)
-        timesteps = list(self.scheduler.timesteps)
-        with torch.no_grad():
-            x = self._noise(batch, generator)
-            if warm_start is not None:
-                timesteps = timesteps[n - warm_start.steps:]
-                x = self.scheduler.add_noise(self.normalize_actions(warm_start.chunk), x, torch.tensor([int(timesteps[0])]))
-            for t in timesteps:
-                t_b = torch.full((batch,), float(t) / 100.0)
-                denoise = lambda xi, t_b=t_b: self.net(xi, t_b, state)  # noqa: E731
-                if guide is not None:
-                    ab = self.scheduler.alphas_cumprod[int(t)].expand(batch)
-                    eps = guide.diffusion_epsilon(x, ab, denoise)
-                else:
-                    eps = denoise(x)
-                x = self.scheduler.step(eps, t, x).prev_sample
-        return self.unnormalize_actions(x)
+def gaussian_policy(family: str, horizon: int = 8, action_dim: int = 2, state_dim: int = 3, num_steps: int = 5):
+    """The project's policy of ``family`` with :class:`GaussianChunkNet` as its network."""
+    policy = small_policy(family, horizon, action_dim, state_dim, num_steps)
+    ab = policy.train_scheduler.alphas_cumprod if family == "diffusion" else None
+    policy.net = GaussianChunkNet(family, horizon, action_dim, state_dim, alphas_cumprod=ab)
+    return policy
 
 
 class ClockPolicy:
