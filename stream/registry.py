@@ -13,6 +13,7 @@ heavy dependencies (torch) inside, so serving the stand-in stays light.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -46,6 +47,23 @@ ModelFactory = Callable[[ModelOptions], LoadedModel]
 
 _FACTORIES: dict[str, ModelFactory] = {}
 _RESOLVERS: list[Callable[[str], ModelFactory | None]] = []
+# Modules that register more models when imported; imported on the first unknown name so
+# that serving the stand-in never imports torch.
+PLUGIN_MODULES = ["stream.policy_models"]
+_plugins_loaded = False
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for module in PLUGIN_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
 
 
 def register(name: str, factory: ModelFactory) -> None:
@@ -68,6 +86,9 @@ def load(name: str, options: ModelOptions | None = None, *, alias: str | None = 
     """
     options = options or ModelOptions()
     factory = _FACTORIES.get(name)
+    if factory is None:
+        _load_plugins()
+        factory = _FACTORIES.get(name)
     if factory is None:
         for resolver in _RESOLVERS:
             factory = resolver(name)

@@ -1,0 +1,347 @@
+"""The engine: EDF queue, batcher, worker thread, deadlines, replacement, admission, stepped streams.
+
+Executors here are small recording models (the engine, not the model, is under test). A
+gate lets a test hold the worker inside a call, so what queues up meanwhile is
+deterministic; assertions are about which requests ran together and what each was
+answered, never about wall-clock durations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from stream.engine import AtCapacity, Engine, EngineError, LatencyEstimate, Result, WorkItem
+
+
+class RecordingExecutor:
+    """Doubles each input; records every batch. ``hold()`` makes the next call wait for ``release()``."""
+
+    def __init__(self, max_batch_size: int = 8, seconds: float = 0.0):
+        self.max_batch_size = max_batch_size
+        self.seconds = seconds
+        self.batches: list[list[WorkItem]] = []
+        self._gate = threading.Event()
+        self._gate.set()
+        self.entered = threading.Event()
+        self.fail_next = False
+
+    def hold(self) -> None:
+        self._gate.clear()
+        self.entered.clear()
+
+    def release(self) -> None:
+        self._gate.set()
+
+    def run(self, items):
+        self.batches.append(list(items))
+        self.entered.set()
+        self._gate.wait(10)
+        if self.seconds:
+            time.sleep(self.seconds)
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("model exploded")
+        return [item.inputs * 2 for item in items]
+
+
+async def started(executor, **options) -> Engine:
+    engine = Engine("test", executor, **options)
+    engine.start()
+    return engine
+
+
+async def wait_entered(executor: RecordingExecutor) -> None:
+    await asyncio.get_running_loop().run_in_executor(None, executor.entered.wait, 10)
+
+
+def inputs_of(batch: list[WorkItem]) -> list:
+    return [item.inputs for item in batch]
+
+
+async def test_idle_worker_runs_a_lone_request_at_once_as_a_batch_of_one():
+    executor = RecordingExecutor()
+    engine = await started(executor)
+    result = await engine.submit(engine.open_session(), 21, budget_s=5)
+    assert isinstance(result, Result) and result.output == 42 and result.batch_size == 1
+    await engine.stop()
+
+
+async def test_requests_arriving_during_a_call_are_batched_into_the_next_one():
+    executor = RecordingExecutor()
+    engine = await started(executor)
+    executor.hold()
+    first = engine.submit(engine.open_session(), 0, budget_s=5)
+    await wait_entered(executor)
+    futures = [engine.submit(engine.open_session(), i, budget_s=5) for i in range(1, 6)]
+    executor.release()
+    results = await asyncio.gather(first, *futures)
+    assert [r.output for r in results] == [0, 2, 4, 6, 8, 10]
+    assert sorted(inputs_of(executor.batches[1])) == [1, 2, 3, 4, 5]
+    assert all(r.batch_size == 5 for r in results[1:])
+    await engine.stop()
+
+
+async def test_batches_never_exceed_the_executor_maximum():
+    executor = RecordingExecutor(max_batch_size=3)
+    engine = await started(executor)
+    executor.hold()
+    first = engine.submit(engine.open_session(), 0, budget_s=5)
+    await wait_entered(executor)
+    futures = [engine.submit(engine.open_session(), i, budget_s=5) for i in range(1, 8)]
+    executor.release()
+    await asyncio.gather(first, *futures)
+    assert [len(b) for b in executor.batches] == [1, 3, 3, 1]
+    await engine.stop()
+
+
+async def test_earliest_deadline_runs_first():
+    executor = RecordingExecutor(max_batch_size=1)
+    engine = await started(executor)
+    executor.hold()
+    first = engine.submit(engine.open_session(), 0, budget_s=5)
+    await wait_entered(executor)
+    budgets = {1: 4.0, 2: 1.0, 3: 3.0, 4: 2.0}
+    futures = [engine.submit(engine.open_session(), i, budget_s=b) for i, b in budgets.items()]
+    executor.release()
+    await asyncio.gather(first, *futures)
+    assert [b[0].inputs for b in executor.batches[1:]] == [2, 4, 3, 1]
+    await engine.stop()
+
+
+async def test_request_that_cannot_make_its_budget_is_refused_at_submit():
+    executor = RecordingExecutor()
+    engine = await started(executor, latency_prior_s=0.5)
+    with pytest.raises(EngineError) as info:
+        await engine.submit(engine.open_session(), 1, budget_s=0.1)
+    assert info.value.code == "deadline_exceeded"
+    assert executor.batches == []
+    await engine.stop()
+
+
+async def test_requests_whose_deadline_passes_in_the_queue_are_answered_not_run():
+    executor = RecordingExecutor()
+    engine = await started(executor)
+    executor.hold()
+    first = engine.submit(engine.open_session(), 0, budget_s=5)
+    await wait_entered(executor)
+    doomed = engine.submit(engine.open_session(), 1, budget_s=0.02)
+    await asyncio.sleep(0.1)  # its deadline passes while the worker is held
+    executor.release()
+    await first
+    with pytest.raises(EngineError) as info:
+        await doomed
+    assert info.value.code == "deadline_exceeded"
+    assert [inputs_of(b) for b in executor.batches] == [[0]]
+    await engine.stop()
+
+
+async def test_degradable_request_runs_degraded_instead_of_missing():
+    executor = RecordingExecutor()
+    engine = await started(executor)
+    engine.latency.observe(1, False, int(0.4e9))  # a normal call is known to take 400 ms
+    engine.latency.observe(1, True, int(0.05e9))  # a degraded one 50 ms
+    strict = engine.submit(engine.open_session(), 1, budget_s=0.2)
+    lenient = engine.submit(engine.open_session(), 2, budget_s=0.2, allow_degrade=True)
+    with pytest.raises(EngineError):
+        await strict
+    result = await lenient
+    assert result.degraded and result.output == 4
+    assert [item.degraded for item in executor.batches[-1]] == [True]
+    await engine.stop()
+
+
+async def test_newer_observation_replaces_the_queued_one_of_its_session():
+    executor = RecordingExecutor()
+    engine = await started(executor)
+    executor.hold()
+    first = engine.submit(engine.open_session(), 0, budget_s=5)
+    await wait_entered(executor)
+    session = engine.open_session()
+    older = engine.submit(session, 1, budget_s=5)
+    newer = engine.submit(session, 2, budget_s=5)
+    executor.release()
+    with pytest.raises(EngineError) as info:
+        await older
+    assert info.value.code == "superseded"
+    assert (await newer).output == 4
+    await first
+    assert inputs_of(executor.batches[1]) == [2]
+    await engine.stop()
+
+
+async def test_steps_of_a_stream_are_not_replaced():
+    executor = RecordingExecutor()
+    engine = await started(executor)
+    executor.hold()
+    first = engine.submit(engine.open_session(), 0, budget_s=5)
+    await wait_entered(executor)
+    session = engine.open_session()
+    steps = [engine.submit(session, i, budget_s=5, replace=False) for i in (1, 2, 3)]
+    executor.release()
+    await first
+    assert [r.output for r in await asyncio.gather(*steps)] == [2, 4, 6]
+    await engine.stop()
+
+
+async def test_closing_a_session_drops_its_queued_work():
+    executor = RecordingExecutor()
+    engine = await started(executor)
+    executor.hold()
+    first = engine.submit(engine.open_session(), 0, budget_s=5)
+    await wait_entered(executor)
+    leaving = engine.open_session()
+    dropped = engine.submit(leaving, 1, budget_s=5)
+    staying = engine.submit(engine.open_session(), 2, budget_s=5)
+    engine.close_session(leaving)
+    executor.release()
+    await first
+    assert (await staying).output == 4
+    assert dropped.cancelled()
+    assert all(1 not in inputs_of(b) for b in executor.batches)
+    assert engine.open_sessions == 2  # first's and staying's
+    await engine.stop()
+
+
+async def test_sessions_past_capacity_are_refused():
+    engine = await started(RecordingExecutor(), capacity=2)
+    a, _ = engine.open_session(), engine.open_session()
+    with pytest.raises(AtCapacity) as info:
+        engine.open_session()
+    assert info.value.code == "at_capacity" and "capacity of 2" in info.value.message
+    engine.close_session(a)
+    engine.open_session()  # room again
+    await engine.stop()
+
+
+async def test_requests_past_the_queue_bound_are_shed():
+    executor = RecordingExecutor()
+    engine = await started(executor, max_queue=2)
+    executor.hold()
+    first = engine.submit(engine.open_session(), 0, budget_s=5)
+    await wait_entered(executor)
+    queued = [engine.submit(engine.open_session(), i, budget_s=5) for i in (1, 2)]
+    shed = engine.submit(engine.open_session(), 3, budget_s=5)
+    with pytest.raises(EngineError) as info:
+        await shed
+    assert info.value.code == "queue_full"
+    executor.release()
+    await asyncio.gather(first, *queued)
+    await engine.stop()
+
+
+async def test_a_failing_batch_is_answered_internal_and_the_engine_keeps_serving():
+    executor = RecordingExecutor()
+    engine = await started(executor)
+    executor.fail_next = True
+    with pytest.raises(EngineError) as info:
+        await engine.submit(engine.open_session(), 1, budget_s=5)
+    assert info.value.code == "internal"
+    assert (await engine.submit(engine.open_session(), 2, budget_s=5)).output == 4
+    await engine.stop()
+
+
+async def test_batch_window_lets_an_idle_worker_wait_for_company():
+    executor = RecordingExecutor()
+    engine = await started(executor, batch_window_s=0.3)
+    futures = [engine.submit(engine.open_session(), i, budget_s=5) for i in range(3)]
+    await asyncio.gather(*futures)
+    assert [sorted(inputs_of(b)) for b in executor.batches] == [[0, 1, 2]]
+    await engine.stop()
+
+
+async def test_batch_window_never_holds_a_request_past_its_deadline_risk():
+    executor = RecordingExecutor()
+    engine = await started(executor, batch_window_s=30.0, margin_s=0.01)
+    engine.latency.observe(1, False, int(0.05e9))
+    result = await asyncio.wait_for(engine.submit(engine.open_session(), 1, budget_s=0.3), 10)
+    assert result.output == 2 and result.batch_size == 1
+    await engine.stop()
+
+
+async def test_stop_answers_queued_requests_shutting_down():
+    executor = RecordingExecutor()
+    engine = await started(executor)
+    executor.hold()
+    first = engine.submit(engine.open_session(), 0, budget_s=5)
+    await wait_entered(executor)
+    queued = engine.submit(engine.open_session(), 1, budget_s=5)
+    stopping = asyncio.create_task(engine.stop())
+    await asyncio.sleep(0.05)
+    executor.release()
+    await stopping
+    assert (await first).output == 0
+    with pytest.raises(EngineError) as info:
+        await queued
+    assert info.value.code == "shutting_down"
+
+
+class SlotExecutor:
+    """A stepped-stream model: per-stream counters in slots, batched steps with an idle mask."""
+
+    def __init__(self, slots: int = 4):
+        self.max_batch_size = slots
+        self.slot_of: dict = {}
+        self.counters = [0] * slots
+        self.masks: list[list[bool]] = []
+        self.threads: set[str] = set()
+
+    def open_stream(self, stream) -> int:
+        self.threads.add(threading.current_thread().name)
+        slot = min(set(range(len(self.counters))) - set(self.slot_of.values()))
+        self.slot_of[stream] = slot
+        self.counters[slot] = 0
+        return slot
+
+    def close_stream(self, stream) -> None:
+        self.slot_of.pop(stream)
+
+    def run(self, items):
+        self.threads.add(threading.current_thread().name)
+        active = [False] * len(self.counters)
+        for item in items:
+            active[self.slot_of[item.stream]] = True
+        self.masks.append(active)
+        for slot, on in enumerate(active):  # one batched step over all slots, masked
+            if on:
+                self.counters[slot] += 1
+        return [self.counters[self.slot_of[item.stream]] for item in items]
+
+
+async def test_stepped_streams_keep_state_in_worker_slots_and_batch_with_a_mask():
+    executor = SlotExecutor()
+    engine = await started(executor)
+    a, b = engine.open_session(), engine.open_session()
+    slot_a = await engine.control(lambda ex: ex.open_stream("a"))
+    slot_b = await engine.control(lambda ex: ex.open_stream("b"))
+    outputs_a = [(await engine.submit(a, None, budget_s=5, replace=False, stream="a")).output for _ in range(3)]
+    step_a, step_b = await asyncio.gather(engine.submit(a, None, budget_s=5, replace=False, stream="a"),
+                                          engine.submit(b, None, budget_s=5, replace=False, stream="b"))
+    assert outputs_a == [1, 2, 3] and step_a.output == 4 and step_b.output == 1
+    assert executor.masks[0] == [i == slot_a for i in range(4)]
+    assert any(m[slot_a] and m[slot_b] for m in executor.masks) or len(executor.masks) == 5
+    await engine.control(lambda ex: ex.close_stream("a"))
+    assert executor.threads == {"engine-test"}  # slots touched by the worker thread only
+    await engine.stop()
+
+
+def test_latency_estimate_borrows_from_the_nearest_larger_batch():
+    estimate = LatencyEstimate(prior_ns=7)
+    assert estimate.predict(4) == 7
+    estimate.observe(8, False, 1000)
+    estimate.observe(2, False, 100)
+    assert estimate.predict(4) == 1000  # nearest larger seen size
+    assert estimate.predict(16) == 1000  # nothing larger: largest seen
+    assert estimate.predict(8, degraded=True) == 500  # unseen degraded: normal x ratio
+
+
+def test_latency_estimate_tracks_a_changing_model():
+    estimate = LatencyEstimate()
+    for _ in range(50):
+        estimate.observe(1, False, 100)
+    for _ in range(50):
+        estimate.observe(1, False, 200)
+    assert 195 <= estimate.predict(1) <= 215
