@@ -74,6 +74,7 @@ class LoopStats:
     jitter_ms: deque = field(default_factory=lambda: deque(maxlen=100_000))
     seam_jerk: deque = field(default_factory=lambda: deque(maxlen=10_000))
     delay_ticks: deque = field(default_factory=lambda: deque(maxlen=10_000))
+    batch_sizes: deque = field(default_factory=lambda: deque(maxlen=10_000))  # server's batch per chunk
 
     def summary(self) -> dict[str, Any]:
         def pct(values, q):
@@ -190,6 +191,8 @@ class RobotLoop:
         # sent + d - start_tick; leading actions skipped beyond that were lost to lateness.
         self.stats.skipped_actions += max(0, arrival.skipped - max(0, sent + reply.d - reply.start_tick))
         self.stats.delay_ticks.append(now - sent)
+        if "batch_size" in reply.timing:
+            self.stats.batch_sizes.append(reply.timing["batch_size"])
         if arrival.seam_jerk is not None:
             self.stats.seam_jerk.append(arrival.seam_jerk)
         self._report = {"request_id": reply.request_id, "tick_sent": sent, "tick_arrived": now}

@@ -13,7 +13,9 @@ HTTP, answered at the handshake (``process_request``), before any websocket exis
   scripts -- are not browsers and pass); bad query parameters -> 400.
 
 Websocket endpoints (DESIGN.md, Endpoints): ``/`` is the openpi-compatible policy protocol
-(:class:`stream.sessions.OpenpiSession`). Other paths arrive with the issues that build them.
+(:class:`stream.sessions.OpenpiSession`); ``/v1/policy`` is real-time chunking for robot
+control loops (:class:`stream.sessions.RealtimePolicySession`, docs/policy-protocol.md).
+Other paths arrive with the issues that build them.
 
 Transport: compression off; explicit ``max_size`` (a larger frame closes with 1009),
 ``max_queue``, ``write_limit``; keepalive pings. A session whose reply has waited to be
@@ -41,11 +43,11 @@ from websockets.http11 import Request, Response
 from stream.engine import Engine
 from stream.metrics import CONTENT_TYPE, ServerMetrics
 from stream.registry import LoadedModel
-from stream.sessions import OpenpiSession, ServedModel
+from stream.sessions import OpenpiSession, RealtimePolicySession, ServedModel
 
 log = logging.getLogger(__name__)
 
-ROUTES = {"/": OpenpiSession}
+ROUTES = {"/": OpenpiSession, "/v1/policy": RealtimePolicySession}
 
 
 @dataclass

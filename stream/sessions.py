@@ -60,6 +60,8 @@ class _Pending:
     arrival_ns: int
     deadline_ns: int
     error: ProtocolError | None = None
+    context: Any = None  # what the session needs to build the reply (``_reply``)
+    text: bool = False  # the request came as a JSON text frame: answer in kind
 
 
 class OpenpiSession:
@@ -101,11 +103,8 @@ class OpenpiSession:
         gauge.inc()
         writer = asyncio.create_task(self._write())
         try:
-            metadata = {**self.served.model.metadata,
-                        "observation": self.served.model.observation_spec.describe(),
-                        "budget_ms": self.budget_s * 1000.0}
-            await self.ws.send(protocol.encode_binary(metadata))
-            await self._read(ticket)  # returns only after queueing a fatal error
+            if await self._handshake():
+                await self._read(ticket)  # returns only after queueing a fatal error
             await writer  # sends the replies in flight, then the error, then closes
         except ConnectionClosed:
             pass
@@ -133,10 +132,42 @@ class OpenpiSession:
 
     # -- reading ------------------------------------------------------------------------
 
+    async def _handshake(self) -> bool:
+        """Open the session; False ends it (an error was already sent). ``/``: send the metadata."""
+        metadata = {**self.served.model.metadata,
+                    "observation": self.served.model.observation_spec.describe(),
+                    "budget_ms": self.budget_s * 1000.0}
+        await self.ws.send(protocol.encode_binary(metadata))
+        return True
+
+    def _parse(self, frame: bytes | str) -> tuple[Any, Any, float, bool, Any]:
+        """One request frame -> (engine inputs, request id, budget s, allow degrade, reply context).
+
+        Raises ``ProtocolError`` for anything that must not reach the engine.
+        """
+        if isinstance(frame, str):
+            raise ProtocolError("text_not_accepted", "this endpoint speaks msgpack binary frames "
+                                                      "(openpi's wire format); text frames are refused")
+        message = protocol.decode(frame)
+        kind = protocol.message_type(message, default="observation")
+        if kind != "observation":
+            raise ProtocolError("unknown_type", f"unknown message type {kind!r}; "
+                                                "this endpoint takes 'observation'")
+        request_id = protocol.request_id(message)
+        return self.served.model.observation_spec.validate(message), request_id, self.budget_s, False, None
+
+    def _reply(self, item: _Pending, result: Result, timing: dict[str, Any]) -> dict[str, Any]:
+        """The reply message for a request the model answered. ``/``: openpi's reply."""
+        reply = {"type": "actions", **self.served.model.reply_fields(result.output), "server_timing": timing}
+        if item.request_id is not None:
+            reply["id"] = item.request_id
+        return reply
+
+    def _error_fields(self, item: _Pending) -> dict[str, Any]:
+        return {} if item.request_id is None else {"id": item.request_id}
+
     async def _read(self, ticket) -> None:
-        spec = self.served.model.observation_spec
         engine = self.served.engine
-        budget_ns = int(self.budget_s * 1e9)
         while True:
             if len(self._pending) >= self.max_pending:
                 self._room.clear()
@@ -146,23 +177,15 @@ class OpenpiSession:
             if self._draining:
                 continue
             try:
-                if isinstance(frame, str):
-                    raise ProtocolError("text_not_accepted", "this endpoint speaks msgpack binary frames "
-                                                              "(openpi's wire format); text frames are refused")
-                message = protocol.decode(frame)
-                kind = protocol.message_type(message, default="observation")
-                if kind != "observation":
-                    raise ProtocolError("unknown_type", f"unknown message type {kind!r}; "
-                                                        "this endpoint takes 'observation'")
-                request_id = protocol.request_id(message)
-                observation = spec.validate(message)
+                inputs, request_id, budget_s, degrade, context = self._parse(frame)
             except ProtocolError as exc:
                 # Report after the replies already in flight, then close (writer does both).
                 self._pending.append(_Pending(None, None, arrival, 0, exc))
                 self._wake_writer.set()
                 return
-            future = engine.submit(ticket, observation, budget_s=self.budget_s, arrival_ns=arrival)
-            self._pending.append(_Pending(future, request_id, arrival, arrival + budget_ns))
+            future = engine.submit(ticket, inputs, budget_s=budget_s, arrival_ns=arrival, allow_degrade=degrade)
+            self._pending.append(_Pending(future, request_id, arrival, arrival + int(budget_s * 1e9),
+                                          context=context, text=isinstance(frame, str)))
             self._wake_writer.set()
 
     # -- writing ------------------------------------------------------------------------
@@ -195,8 +218,7 @@ class OpenpiSession:
                 pending.popleft()
                 self._room.set()
                 self._count(exc.code)
-                extra = {} if item.request_id is None else {"id": item.request_id}
-                await self._send(protocol.encode_text(protocol.error(exc.code, exc.message, **extra)))
+                await self._send(protocol.encode_text(protocol.error(exc.code, exc.message, **self._error_fields(item))))
                 if protocol.ERROR_CLOSE_CODES[exc.code] is not None:
                     self._close_soon(protocol.ERROR_CLOSE_CODES[exc.code], exc.message[:120])
                     return
@@ -219,10 +241,8 @@ class OpenpiSession:
             }
             if self._prev_total_ms is not None:
                 timing["prev_total_ms"] = self._prev_total_ms
-            reply = {"type": "actions", **self.served.model.reply_fields(result.output), "server_timing": timing}
-            if item.request_id is not None:
-                reply["id"] = item.request_id
-            await self._send(protocol.encode_binary(reply))
+            reply = self._reply(item, result, timing)
+            await self._send(protocol.encode_text(reply) if item.text else protocol.encode_binary(reply))
             done = time.monotonic_ns()
             self._prev_total_ms = round((done - item.arrival_ns) / 1e6, 3)
             self._request_seconds.observe((done - item.arrival_ns) / 1e9)
@@ -251,3 +271,61 @@ class OpenpiSession:
         if counter is None:
             counter = self._replies[code] = self.metrics.replies.labels(self._model_name, self.route, code)
         counter.inc()
+
+
+class RealtimePolicySession(OpenpiSession):
+    """The ``/v1/policy`` endpoint: real-time chunking for robot control loops.
+
+    The logic lives in :class:`stream.realtime_session.RealtimeSessionState` (sans I/O);
+    this class only moves its frames. The first frame must be a ``hello`` (binary or
+    text, within ``hello_timeout_s``); the session answers ``ready`` with the model's
+    metadata and the resolved strategy. Then each ``observation`` gets a ``chunk`` (or a
+    non-fatal ``deadline_exceeded``/``superseded`` error), in the frame kind it came in.
+    Messages: docs/policy-protocol.md.
+    """
+
+    route = "/v1/policy"
+    hello_timeout_s = 10.0
+
+    def __init__(self, ws: ServerConnection, served: ServedModel, metrics: "ServerMetrics", **kwargs: Any):
+        super().__init__(ws, served, metrics, **kwargs)
+        from stream.realtime_session import RealtimeSessionState
+
+        meta = served.model.metadata
+        self.state = RealtimeSessionState(served.model.observation_spec, horizon=int(meta["action_horizon"]),
+                                          action_dim=int(meta["action_dim"]),
+                                          control_hz=float(meta.get("control_hz", 50.0)))
+
+    async def _handshake(self) -> bool:
+        try:
+            frame = await asyncio.wait_for(self.ws.recv(), self.hello_timeout_s)
+            settings = self.state.hello(protocol.decode(frame))
+        except (ProtocolError, TimeoutError) as exc:
+            error = exc if isinstance(exc, ProtocolError) else ProtocolError(
+                "missing_field", f"no hello within {self.hello_timeout_s:.0f} s")
+            self._count(error.code)
+            await self._send_error_and_close(error)
+            return False
+        meta = self.served.model.metadata
+        model = {"name": self.served.model.name, "task": meta.get("task"), "family": meta.get("family"),
+                 "horizon": meta["action_horizon"], "action_dim": meta["action_dim"],
+                 "state_dim": meta.get("state_dim"), "control_hz": meta.get("control_hz"),
+                 "num_steps": meta.get("num_steps")}
+        ready = {"type": "ready", "model": model, "strategy": settings.describe()}
+        await self.ws.send(protocol.encode_text(ready) if isinstance(frame, str) else protocol.encode_binary(ready))
+        return True
+
+    def _parse(self, frame: bytes | str) -> tuple[Any, Any, float, bool, Any]:
+        message = protocol.decode(frame)
+        kind = protocol.message_type(message)
+        if kind != "observation":
+            raise ProtocolError("unknown_type", f"unknown message type {kind!r}; this endpoint takes 'observation'")
+        prepared = self.state.observation(message)
+        return prepared.inputs, prepared.request_id, prepared.budget_s, self.state.settings.degrade, prepared
+
+    def _reply(self, item: _Pending, result: Result, timing: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "chunk", **self.state.completed(item.context, result.output),
+                "degraded": result.degraded, "timing": timing}
+
+    def _error_fields(self, item: _Pending) -> dict[str, Any]:
+        return {} if item.request_id is None else {"request_id": item.request_id}

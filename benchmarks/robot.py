@@ -1,0 +1,126 @@
+"""``headway bench robot``: simulated robots, each in its own real-time control loop, against a server.
+
+    headway bench robot --task whack --robots 8 --hz 50 --duration 30 --strategy rtc [--future-state]
+                        [--inject-latency 60] [--url ws://host:8000]
+
+Starts ``headway serve --model TASK`` in a separate process (unless ``--url``), then runs
+``--robots`` ``RobotLoop`` threads at ``--hz``, each driving its own ``SimRobot`` (the
+physics advances on the robot's own ticks) through its own ``/v1/policy`` session.
+``--inject-latency MS`` delays every message by MS/2 each way on the client side, to
+emulate a remote GPU. Everything counted after ``--warmup-s`` (first calls, connection
+set-up) is reported as one JSON object on stdout:
+
+``solve_rate`` and ``episodes`` (episodes finished after warm-up), ``d_p50``/``d_p99``
+(measured delay, ticks), ``underruns`` (ticks with no planned action after warm-up, all
+robots), ``jitter_p99_ms`` (lateness of ticks against the drift-free schedule),
+``seam_jerk`` (mean ||a_t - 2a_{t-1} + a_{t-2}|| at chunk switches), ``batch_p50`` (the
+server's batch size per chunk), plus the settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", default="whack", help="simulated task (default: whack, the one with sudden target changes)")
+    parser.add_argument("--family", default="flow", choices=("flow", "diffusion"))
+    parser.add_argument("--robots", type=int, default=8)
+    parser.add_argument("--hz", type=float, default=50.0, help="control rate of every robot")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of running, warm-up included")
+    parser.add_argument("--warmup-s", type=float, default=3.0, help="seconds not counted at the start")
+    parser.add_argument("--strategy", default="rtc", choices=("rtc", "naive", "sync"))
+    parser.add_argument("--future-state", action="store_true", help="condition on the rolled-forward state (VLASH)")
+    parser.add_argument("--beta", type=float, default=None, help="max guidance weight (server default if unset)")
+    parser.add_argument("--s", type=int, default=None, help="execution horizon (default: chosen from d)")
+    parser.add_argument("--inject-latency", type=float, default=0.0, metavar="MS",
+                        help="client-side network delay, MS/2 each way")
+    parser.add_argument("--timeout-ticks", type=int, default=25, help="abandon a request unanswered this long")
+    parser.add_argument("--url", default=None, help="server to use (default: start one)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _pct(values, q):
+    return round(float(np.percentile(np.asarray(values, dtype=float), q)), 3) if len(values) else None
+
+
+def run_robots(url: str, args: argparse.Namespace) -> dict:
+    from clients.policy_link import WebsocketPolicyLink
+    from clients.robot_loop import RobotLoop
+    from clients.sim_robot import SimRobot
+
+    hello = {"strategy": args.strategy, "control_hz": args.hz, "future_state": bool(args.future_state)}
+    if args.beta is not None:
+        hello["beta"] = args.beta
+    if args.s is not None:
+        hello["s"] = args.s
+    links = [WebsocketPolicyLink(url, hello, inject_latency_ms=args.inject_latency) for _ in range(args.robots)]
+    try:
+        meta = [link.wait_ready(60)["model"] for link in links][0]
+        robots = [SimRobot(args.task, seed=args.seed * 1000 + i) for i in range(args.robots)]
+        loops = [RobotLoop(robot, link, action_dim=meta["action_dim"], hz=args.hz,
+                           timeout_ticks=args.timeout_ticks, on_underrun=robot.hold_action)
+                 for robot, link in zip(robots, links)]
+        started = time.monotonic()
+        for loop in loops:
+            loop.start(duration_s=args.duration)
+        time.sleep(max(0.0, started + args.warmup_s - time.monotonic()))
+        at_warmup = [(loop.stats.underruns, len(loop.stats.jitter_ms), robot.episodes, robot.solved,
+                      len(loop.stats.seam_jerk), len(loop.stats.delay_ticks), len(loop.stats.batch_sizes))
+                     for loop, robot in zip(loops, robots)]
+        for loop in loops:
+            loop._thread.join(args.duration + 30)
+    finally:
+        for link in links:
+            link.close()
+
+    underruns = episodes = solved = 0
+    jitter, jerk, delay, batch = [], [], [], []
+    timeouts = late = 0
+    for loop, robot, (u0, j0, e0, s0, k0, d0, b0) in zip(loops, robots, at_warmup):
+        st = loop.stats
+        underruns += st.underruns - u0
+        episodes += robot.episodes - e0
+        solved += robot.solved - s0
+        jitter += list(st.jitter_ms)[j0:]
+        jerk += list(st.seam_jerk)[k0:]
+        delay += list(st.delay_ticks)[d0:]
+        batch += list(st.batch_sizes)[b0:]
+        timeouts += st.timeouts
+        late += st.late_replies_dropped
+    rate = solved / episodes if episodes else None
+    ci95 = 1.96 * np.sqrt(rate * (1 - rate) / episodes) if episodes else None
+    return {
+        "task": args.task, "family": args.family, "strategy": args.strategy, "future_state": bool(args.future_state),
+        "robots": args.robots, "hz": args.hz, "duration_s": args.duration, "warmup_s": args.warmup_s,
+        "inject_latency_ms": args.inject_latency,
+        "solve_rate": None if rate is None else round(rate, 4),
+        "ci95": None if ci95 is None else round(float(ci95), 4),
+        "episodes": episodes,
+        "d_p50": _pct(delay, 50), "d_p99": _pct(delay, 99),
+        "underruns": underruns,
+        "jitter_p50_ms": _pct(jitter, 50), "jitter_p99_ms": _pct(jitter, 99),
+        "seam_jerk": round(float(np.mean(jerk)), 5) if jerk else None,
+        "batch_p50": _pct(batch, 50),
+        "timeouts": timeouts, "late_replies_dropped": late,
+    }
+
+
+def main(args: argparse.Namespace) -> int:
+    from benchmarks.server_process import ServerProcess
+
+    # Robot threads must get the GIL back promptly when their tick is due.
+    sys.setswitchinterval(0.0005)
+    if args.url:
+        result = run_robots(args.url.rstrip("/") + "/v1/policy", args)
+    else:
+        model = args.task if args.family == "flow" else f"{args.task}:{args.family}"
+        with ServerProcess(["--model", model]) as server:
+            result = run_robots(server.url("/v1/policy"), args)
+    print(json.dumps(result))
+    return 0

@@ -1,0 +1,66 @@
+"""A ``headway serve`` in a separate process, for benchmarks that need a real server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """``headway serve <args> --port P`` on loopback; ``url(path)`` once ``healthy``.
+
+    Use as a context manager: the server is drained (SIGTERM) on exit, killed if it hangs.
+    Raises ``RuntimeError`` if it exits or does not answer ``/healthz`` within ``timeout_s``.
+    """
+
+    def __init__(self, serve_args: list[str], port: int | None = None, timeout_s: float = 60.0):
+        self.port = port or free_port()
+        self.command = [sys.executable, "-m", "stream.cli", "serve", "--port", str(self.port),
+                        "--log-level", "WARNING", *serve_args]
+        self.timeout_s = timeout_s
+        self.process: subprocess.Popen | None = None
+
+    def url(self, path: str = "/") -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    def start(self) -> "ServerProcess":
+        self.process = subprocess.Popen(self.command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}: {' '.join(self.command)}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server did not come up within {self.timeout_s:.0f} s")
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> "ServerProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,215 @@
+"""``WebsocketPolicyLink``: a ``RobotLoop``'s connection to a Headway server's ``/v1/policy``.
+
+The robot loop must never wait on the network, so every link's socket lives on one shared
+background event loop (``LinkHub``); ``request``/``poll``/``abandon`` only hand work to it
+and read what it left. The link reconnects with exponential backoff whenever the
+connection drops (server restart, ``abandon``), and says ``hello`` again on every new
+connection. Replies are tagged with the connection they came on: one from a connection the
+loop abandoned is discarded, never executed.
+
+The messages are those of ``docs/protocol.md`` (section ``/v1/policy``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from typing import Any
+
+import numpy as np
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from clients.robot_loop import ChunkReply
+from clients.wire import packb, unpackb
+
+
+class LinkHub:
+    """One background thread running the event loop that all links' sockets share."""
+
+    _shared: "LinkHub | None" = None
+    _shared_lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="policy-link-hub")
+        self.thread.start()
+
+    @classmethod
+    def shared(cls) -> "LinkHub":
+        with cls._shared_lock:
+            if cls._shared is None or not cls._shared.thread.is_alive():
+                cls._shared = cls()
+            return cls._shared
+
+    def call(self, fn, *args) -> None:
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    def run(self, coro) -> "asyncio.Future":
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+
+class PolicyServerError(RuntimeError):
+    """The server refused the session (bad hello, unknown model, auth); retrying will not help."""
+
+
+class WebsocketPolicyLink:
+    """See the module docstring. ``hello`` is sent as given (``type`` added).
+
+    ``wait_ready(timeout)`` blocks until the first ``ready`` and returns the model metadata.
+    Counters: ``connects``, ``errors`` (error messages received), ``last_error``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        hello: dict[str, Any] | None = None,
+        token: str | None = None,
+        hub: LinkHub | None = None,
+        backoff_s: tuple[float, float] = (0.05, 1.0),
+        inject_latency_ms: float = 0.0,
+    ) -> None:
+        self.url = url
+        self.hello = {"type": "hello", **(hello or {})}
+        self.headers = {"Authorization": f"Bearer {token}"} if token else None
+        self.hub = hub or LinkHub.shared()
+        self.backoff_s = backoff_s
+        self.inject_s = inject_latency_ms / 1e3
+        self.metadata: dict[str, Any] | None = None
+        self.connects = 0
+        self.errors = 0
+        self.last_error: dict[str, Any] | None = None
+        self._replies: deque[ChunkReply] = deque()
+        self._ready = threading.Event()
+        self._ws = None
+        self._epoch = 0
+        self._last_sent: tuple[int, int] | None = None  # (request id, epoch) of the last request sent
+        self._closed = False
+        self._fatal: BaseException | None = None
+        self._task = self.hub.run(self._run())
+
+    # -- called from the robot loop's thread: never blocks ---------------------------------
+
+    def request(self, request_id: int, tick: int, observation: dict[str, np.ndarray], report: dict[str, int] | None) -> None:
+        message = {"type": "observation", "request_id": request_id, "tick": tick, **observation}
+        if report is not None:
+            message["report"] = report
+        self.hub.call(self._send_soon, request_id, packb(message))
+
+    def poll(self) -> list[ChunkReply]:
+        replies = []
+        while self._replies:
+            replies.append(self._replies.popleft())
+        return replies
+
+    def abandon(self, request_id: int) -> None:
+        self.hub.call(self._abandon, request_id)
+
+    # -- blocking helpers for set-up and tear-down -----------------------------------------
+
+    def wait_ready(self, timeout: float = 30.0) -> dict[str, Any]:
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"no ready from {self.url} within {timeout} s")
+        if self._fatal is not None:
+            raise self._fatal
+        assert self.metadata is not None
+        return self.metadata
+
+    def close(self) -> None:
+        self._closed = True
+        self.hub.call(self._drop_connection)
+        try:
+            self._task.result(timeout=5)
+        except Exception:
+            pass
+
+    # -- on the hub's loop -------------------------------------------------------------------
+
+    def _send_soon(self, request_id: int, frame: bytes) -> None:
+        ws = self._ws
+        if ws is None:
+            return  # not connected: the loop's timeout asks again once we are back
+        self._last_sent = (request_id, self._epoch)
+        if self.inject_s:
+            self.hub.loop.call_later(self.inject_s / 2, self._send_now, ws, frame)
+        else:
+            self._send_now(ws, frame)
+
+    def _send_now(self, ws, frame: bytes) -> None:
+        async def send():
+            try:
+                await ws.send(frame)
+            except ConnectionClosed:
+                pass
+
+        self.hub.loop.create_task(send())
+
+    def _abandon(self, request_id: int) -> None:
+        # Only the connection the request went out on can still answer it; a request that
+        # never went out (we were disconnected) leaves a fresh connection alone.
+        if self._last_sent == (request_id, self._epoch):
+            self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        self._epoch += 1
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            self.hub.loop.create_task(ws.close())
+
+    def _deliver(self, epoch: int, reply: ChunkReply) -> None:
+        if epoch == self._epoch:
+            self._replies.append(reply)
+
+    async def _run(self) -> None:
+        delay = self.backoff_s[0]
+        while not self._closed:
+            try:
+                async with connect(self.url, additional_headers=self.headers, compression=None,
+                                   max_size=16 * 2**20, open_timeout=5) as ws:
+                    await ws.send(packb(self.hello))
+                    ready = unpackb(await ws.recv())
+                    if ready.get("type") != "ready":
+                        raise PolicyServerError(f"server refused hello: {ready}")
+                    self.metadata = ready
+                    self._ws = ws
+                    epoch = self._epoch
+                    self.connects += 1
+                    self._ready.set()
+                    delay = self.backoff_s[0]
+                    async for frame in ws:
+                        self._on_message(epoch, unpackb(frame) if isinstance(frame, bytes) else frame)
+                        if self._ws is not ws:
+                            break
+            except PolicyServerError as exc:
+                self._fatal = exc
+                self._ready.set()
+                return
+            except (OSError, ConnectionClosed, asyncio.TimeoutError, ValueError):
+                pass
+            finally:
+                self._ws = None
+            if self._closed:
+                return
+            await asyncio.sleep(delay)
+            delay = min(self.backoff_s[1], delay * 2)
+
+    def _on_message(self, epoch: int, message: Any) -> None:
+        if not isinstance(message, dict):
+            return
+        if message.get("type") == "chunk":
+            reply = ChunkReply(
+                request_id=int(message["request_id"]),
+                actions=np.asarray(message["actions"], dtype=np.float32),
+                start_tick=int(message["start_tick"]),
+                d=int(message["d"]),
+                s=int(message["s"]),
+                timing=dict(message.get("timing") or {}),
+            )
+            if self.inject_s:
+                self.hub.loop.call_later(self.inject_s / 2, self._deliver, epoch, reply)
+            else:
+                self._deliver(epoch, reply)
+        elif message.get("type") == "error":
+            self.errors += 1
+            self.last_error = message

@@ -1,0 +1,131 @@
+"""/v1/policy end to end: a real server process on loopback, RobotLoop and WebsocketPolicyLink.
+
+The stand-in policy answers ``actions[h] = state + (h + 1) * 0.01 * tanh(state)``, so every
+executed action can be traced back to a chunk the server computed for this robot.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+from websockets.sync.client import connect
+
+from benchmarks.server_process import ServerProcess
+from clients.policy_link import WebsocketPolicyLink
+from clients.robot_loop import RobotLoop
+from clients.wire import packb, unpackb
+from policies.standin import S, standin_actions
+
+STATE = np.linspace(-1.0, 1.0, S).astype(np.float32)
+CHUNK = standin_actions(STATE[None])[0]
+
+
+class ConstantRobot:
+    def __init__(self):
+        self.applied = []
+
+    def observe(self):
+        return {"state": STATE}
+
+    def apply(self, action):
+        self.applied.append(np.array(action))
+
+
+def wait_for(predicate, timeout_s=20.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.fixture
+def server():
+    with ServerProcess(["--model", "standin", "--standin-ms", "5"]) as process:
+        yield process
+
+
+def test_hello_gets_ready_with_the_model_and_the_resolved_strategy(server):
+    with connect(server.url("/v1/policy")) as ws:
+        ws.send(packb({"type": "hello", "strategy": "rtc", "control_hz": 50}))
+        ready = unpackb(ws.recv())
+    assert ready["type"] == "ready"
+    assert ready["model"]["horizon"] == 50 and ready["model"]["action_dim"] == 14
+    assert ready["strategy"]["strategy"] == "rtc"
+
+
+def test_text_frames_get_text_replies(server):
+    with connect(server.url("/v1/policy")) as ws:
+        ws.send(json.dumps({"type": "hello"}))
+        assert json.loads(ws.recv())["type"] == "ready"
+        ws.send(json.dumps({"type": "observation", "request_id": 1, "tick": 0, "state": STATE.tolist()}))
+        reply = json.loads(ws.recv())
+    assert reply["type"] == "chunk" and reply["start_tick"] == 0
+    np.testing.assert_allclose(np.array(reply["actions"]), CHUNK, rtol=1e-6)
+
+
+def test_an_observation_before_hello_closes_with_1008(server):
+    with connect(server.url("/v1/policy")) as ws:
+        ws.send(packb({"type": "observation", "request_id": 0, "tick": 0, "state": STATE}))
+        error = json.loads(ws.recv())
+        with pytest.raises(Exception):
+            ws.recv()
+    assert error["type"] == "error"
+    assert ws.close_code == 1008
+
+
+def test_robot_loop_executes_only_actions_of_its_own_chunks(server):
+    robot = ConstantRobot()
+    link = WebsocketPolicyLink(server.url("/v1/policy"), {"strategy": "rtc"})
+    try:
+        link.wait_ready()
+        loop = RobotLoop(robot, link, action_dim=14, hz=100.0)
+        loop.run(ticks=150)
+    finally:
+        link.close()
+    assert loop.stats.chunks >= 2
+    for action in robot.applied:
+        assert np.abs(CHUNK - action).max(axis=1).min() < 1e-5
+
+
+def test_robot_holds_while_the_server_restarts_then_resumes(server):
+    robot = ConstantRobot()
+    link = WebsocketPolicyLink(server.url("/v1/policy"), {"strategy": "rtc"}, backoff_s=(0.05, 0.2))
+    try:
+        link.wait_ready()
+        loop = RobotLoop(robot, link, action_dim=14, hz=100.0, timeout_ticks=10)
+        loop.start()
+        assert wait_for(lambda: loop.stats.chunks >= 2)
+        server.stop()
+        assert wait_for(lambda: loop.stats.underruns > 0)  # out of plan: holding
+        chunks_while_down = loop.stats.chunks
+        server.start()
+        assert wait_for(lambda: loop.stats.chunks > chunks_while_down + 2)  # back, and executing again
+        applied = len(robot.applied)
+        underruns = loop.stats.underruns
+        assert wait_for(lambda: len(robot.applied) > applied + 20)
+    finally:
+        loop.stop()
+        link.close()
+    assert link.connects >= 2
+    assert loop.stats.underruns >= underruns
+
+
+def test_replies_to_abandoned_requests_are_never_executed():
+    with ServerProcess(["--model", "standin", "--standin-ms", "300"]) as slow:
+        robot = ConstantRobot()
+        link = WebsocketPolicyLink(slow.url("/v1/policy"), {"strategy": "rtc", "budget_ms": 2000})
+        try:
+            link.wait_ready()
+            loop = RobotLoop(robot, link, action_dim=14, hz=100.0, timeout_ticks=5,
+                             on_underrun=lambda last: None)
+            loop.run(ticks=100)
+        finally:
+            link.close()
+    assert loop.stats.timeouts >= 3
+    assert loop.stats.chunks == 0
+    assert robot.applied == []
