@@ -1,8 +1,9 @@
-"""Chunked execution of the scripted expert: how much do delay and open-loop chunks hurt a task?
+"""Chunked execution in control ticks: how much do delay and open-loop chunks hurt a task?
 
-This needs no learning: the "policy" is the task's chunk-level expert
-(:meth:`VectorTask.expert_chunk`, the expert rolled through the noise-free model), and the
-execution follows the RTC Kinetix evaluation loop in control ticks:
+By default the "policy" is the task's chunk-level expert (:meth:`VectorTask.expert_chunk`,
+the expert rolled through the noise-free model), so no learning is needed; any
+``chunk_fn(state [B, S]) -> [B, H, A]`` (e.g. a trained policy's ``sample``) can stand in.
+The execution follows the RTC Kinetix evaluation loop:
 
 * ``closed``: the expert acts every tick (the upper bound).
 * ``sync``: infer a chunk from the current state, execute its first ``s`` actions; the
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Callable
 
 import torch
 
@@ -28,10 +30,24 @@ from . import TASKS, make_task
 from .base import VectorTask
 
 
+ChunkFn = Callable[[torch.Tensor], torch.Tensor]
+
+
 def run_chunked(
-    task: VectorTask, strategy: str, d: int, s: int, episodes: int, seed: int = 0
+    task: VectorTask,
+    strategy: str,
+    d: int,
+    s: int,
+    episodes: int,
+    seed: int = 0,
+    chunk_fn: ChunkFn | None = None,
 ) -> torch.Tensor:
-    """Run ``episodes`` episodes; returns the ``[B]`` bool solved flags."""
+    """Run ``episodes`` episodes; returns the ``[B]`` bool solved flags.
+
+    ``chunk_fn`` maps states [B, S] to chunks [B, H, A] (default: the chunk-level expert).
+    ``closed`` always uses the task's per-tick expert.
+    """
+    plan = task.expert_chunk if chunk_fn is None else chunk_fn
     h = task.horizon
     if strategy in ("naive", "future") and not (1 <= s and d <= s and s + d <= h):
         raise ValueError(f"need d <= s and s + d <= H, got d={d} s={s} H={h}")
@@ -43,20 +59,20 @@ def run_chunked(
         return task.solved()
     if strategy == "sync":
         while not bool(task.done().all()):
-            chunk = task.expert_chunk()
+            chunk = plan(task.observe())
             for j in range(s):
                 task.step(chunk[:, j])
         return task.solved()
     if strategy not in ("naive", "future"):
         raise ValueError(f"unknown strategy {strategy!r}")
-    pending = task.expert_chunk()  # the first chunk is computed before the clock starts
+    pending = plan(task.observe())  # the first chunk is computed before the clock starts
     while not bool(task.done().all()):
         obs = task.observe()
         if strategy == "naive":
-            new = task.expert_chunk(obs)
+            new = plan(obs)
             offset = d  # the new chunk's index 0 is the observation tick
         else:
-            new = task.expert_chunk(task.predict_state(obs, pending[:, :d]) if d else obs)
+            new = plan(task.predict_state(obs, pending[:, :d]) if d else obs)
             offset = 0  # index 0 is the tick at which the new chunk starts
         for j in range(d):
             task.step(pending[:, j])
