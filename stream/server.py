@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import socket
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -65,6 +66,10 @@ class ServerConfig:
     max_size: int = 8 * 2**20  # largest frame accepted (bytes)
     max_queue_frames: int = 4  # received frames buffered per connection before TCP pushes back
     write_limit: int = 2**16  # send buffer high-water mark (bytes)
+    # Kernel send buffer per connection (SO_SNDBUF; None: the kernel's autotuning, which
+    # grows to megabytes). Bounded so a client that stops reading is noticed within
+    # ``send_timeout_s`` of a few hundred KiB backing up, not of megabytes.
+    socket_send_buffer: int | None = 2**18
     ping_interval_s: float | None = 20.0
     ping_timeout_s: float | None = 20.0
     open_timeout_s: float = 10.0
@@ -224,6 +229,9 @@ class HeadwayServer:
 
     async def _handle(self, ws: ServerConnection) -> None:
         route, served, budget_s = self._session_options(ws.request.path)
+        sock = ws.transport.get_extra_info("socket")
+        if self.config.socket_send_buffer and sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.socket_send_buffer)
         session = ROUTES[route](ws, served, self.metrics, budget_s=budget_s, max_pending=self.config.max_pending)
         self.sessions.add(session)
         try:
@@ -243,4 +251,4 @@ class HeadwayServer:
             for session in list(self.sessions):
                 started = session.send_started_ns
                 if started and now - started > limit_ns:
-                    session.abort_slow_consumer()
+                    session.abort_slow_consumer(self.config.close_timeout_s)

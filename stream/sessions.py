@@ -101,7 +101,7 @@ class OpenpiSession:
             return
         gauge = self.metrics.open_sessions.labels(self._model_name, self.route)
         gauge.inc()
-        writer = asyncio.create_task(self._write())
+        writer = self._writer = asyncio.create_task(self._write())
         try:
             if await self._handshake():
                 await self._read(ticket)  # returns only after queueing a fatal error
@@ -120,10 +120,17 @@ class OpenpiSession:
             self._close_soon(protocol.CLOSE_GOING_AWAY, "server shutting down")
         self._wake_writer.set()
 
-    def abort_slow_consumer(self) -> None:
-        """Called by the server's watchdog when a reply has not been written for too long."""
+    def abort_slow_consumer(self, grace_s: float) -> None:
+        """Called by the server's watchdog when a reply has not been written for too long.
+
+        The 1008 close frame is queued, but a client that does not read will not get it:
+        after ``grace_s`` the TCP connection is dropped.
+        """
+        if self._closing:
+            return
         self.metrics.shed.labels(self._model_name, "slow_consumer").inc()
         self._close_soon(protocol.CLOSE_BAD_INPUT, "client is not reading its replies")
+        asyncio.get_running_loop().call_later(grace_s, self.ws.transport.abort)
 
     def _close_soon(self, code: int, reason: str) -> None:
         if not self._closing:
@@ -169,7 +176,9 @@ class OpenpiSession:
     async def _read(self, ticket) -> None:
         engine = self.served.engine
         while True:
-            if len(self._pending) >= self.max_pending:
+            while len(self._pending) >= self.max_pending:
+                if self._writer.done():
+                    return  # the connection is ending; nobody will make room
                 self._room.clear()
                 await self._room.wait()
             frame = await self.ws.recv()
@@ -195,6 +204,8 @@ class OpenpiSession:
             await self._write_replies()
         except ConnectionClosed:
             pass
+        finally:
+            self._room.set()  # a reader waiting for room must see the connection's end
 
     async def _write_replies(self) -> None:
         pending = self._pending

@@ -26,9 +26,10 @@ class ServerThread:
     The port is chosen by the OS. Leaving the block drains the server (as SIGTERM does).
     """
 
-    def __init__(self, models: list[registry.LoadedModel] | None = None, config: ServerConfig | None = None):
+    def __init__(self, models: list[registry.LoadedModel] | None = None, config: ServerConfig | None = None,
+                 port: int = 0):
         self.models = models or [standin()]
-        self.config = replace(config or ServerConfig(), port=0)
+        self.config = replace(config or ServerConfig(), port=port)
         self.server: HeadwayServer | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
