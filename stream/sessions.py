@@ -112,6 +112,9 @@ class OpenpiSession:
             engine.close_session(ticket)
             gauge.dec()
             writer.cancel()
+            for item in self._pending:  # answered but never sent: the client is gone
+                if item.future is not None and item.future.done() and not item.future.cancelled():
+                    item.future.exception()  # consumed, so asyncio does not log it
 
     def drain(self) -> None:
         """Stop taking observations; close with 1001 once the replies in flight are sent."""
