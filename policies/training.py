@@ -172,14 +172,15 @@ def main(args: argparse.Namespace) -> int:
         seed=args.seed, progress=not args.no_progress,
     )
     t_train = time.perf_counter() - t1
-    config.extra.update({"steps": steps, "batch_size": args.batch_size, "final_loss": sum(losses[-100:]) / len(losses[-100:])})
+    window = max(1, min(100, steps // 5))  # loss averaged over the first and last window
+    config.extra.update({"steps": steps, "batch_size": args.batch_size, "final_loss": sum(losses[-window:]) / window})
     weights, config_path = save_policy(policy, args.out)
     plot = args.plot or args.out / f"{task.name}_{family}_loss.png"
     save_loss_curve(losses, plot, f"{task.name} {family}: {len(demos)} samples, {steps} steps")
     report = {
         "task": task.name, "family": family, "samples": len(demos), "steps": steps,
         "collect_s": round(t_collect, 1), "train_s": round(t_train, 1),
-        "first_loss": round(sum(losses[:100]) / len(losses[:100]), 4),
+        "first_loss": round(sum(losses[:window]) / window, 4),
         "final_loss": round(config.extra["final_loss"], 4),
         "weights": str(weights), "config": str(config_path), "loss_curve": str(plot),
     }

@@ -88,6 +88,8 @@ def collect_demonstrations(
         raise ValueError("future_offset_max must lie in [0, H)")
     base_noise = task.action_noise_std
     generator = torch.Generator().manual_seed(seed)
+    # Offsets draw from their own stream, so episodes do not depend on future_offset_max.
+    offset_generator = torch.Generator().manual_seed(seed + 1)
     out_states, out_chunks, out_offsets = [], [], []
     try:
         for share, noise_mult, d in ROLLOUT_MIX:
@@ -96,7 +98,7 @@ def collect_demonstrations(
             states, actions, labels, active = _rollout(task, n, d, generator)
             t_len = states.shape[0]
             k = future_offset_max
-            delta = torch.randint(0, k + 1, (t_len, n), generator=generator) if k else torch.zeros(t_len, n, dtype=torch.long)
+            delta = torch.randint(0, k + 1, (t_len, n), generator=offset_generator) if k else torch.zeros(t_len, n, dtype=torch.long)
             t_idx = torch.arange(t_len)[:, None].expand(t_len, n)
             target_t = (t_idx + delta).clamp(max=t_len - 1)
             b_idx = torch.arange(n)[None, :].expand(t_len, n)

@@ -87,17 +87,29 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--tasks", nargs="*", default=sorted(TASKS))
     parser.add_argument("--noise", type=float, default=0.1)
+    parser.add_argument("--policy", choices=("expert", "flow", "diffusion"), default="expert",
+                        help="chunk source: the chunk-level expert or a shipped checkpoint")
+    parser.add_argument("--delays", type=int, nargs="*", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     rows = []
     for name in args.tasks:
         task = make_task(name, action_noise_std=args.noise)
-        row = {"task": name, "closed": run_chunked(task, "closed", 0, 1, args.episodes).float().mean().item()}
-        for d in range(5):
+        chunk_fn = None
+        if args.policy != "expert":
+            from policies.checkpoint import load_policy
+
+            policy = load_policy(name, args.policy)
+            gen = torch.Generator().manual_seed(0)
+            chunk_fn = lambda state, _p=policy: _p.sample(state, generator=gen)  # noqa: E731
+        row = {"task": name, "policy": args.policy,
+               "closed": run_chunked(task, "closed", 0, 1, args.episodes).float().mean().item()}
+        for d in args.delays:
             s = max(1, d)
-            row[f"sync_d{d}"] = run_chunked(task, "sync", d, s, args.episodes).float().mean().item()
-            row[f"naive_d{d}"] = run_chunked(task, "naive", d, s, args.episodes).float().mean().item()
-            row[f"future_d{d}"] = run_chunked(task, "future", d, s, args.episodes).float().mean().item()
+            for strategy in ("sync", "naive", "future"):
+                solved = run_chunked(task, strategy, d, s, args.episodes, chunk_fn=chunk_fn)
+                row[f"{strategy}_d{d}"] = solved.float().mean().item()
         rows.append(row)
         print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
 
