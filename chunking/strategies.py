@@ -144,6 +144,18 @@ class ChunkedController:
         self.holding = False
         self.requests = 0
 
+    def select(self, index: torch.Tensor) -> None:
+        """Keep only the batch items ``index`` (long ``[B']``), e.g. drop finished episodes
+        so that later requests cost less. The timing state is shared and unchanged."""
+        if self.active is not None:
+            self.active = self.active[index]
+        if self.pending is not None:
+            chunk, ready, start = self.pending
+            self.pending = (chunk[index], ready, start)
+        self.ensemble.chunks = [(t0, c[index]) for t0, c in self.ensemble.chunks]
+        if self.last_action is not None:
+            self.last_action = self.last_action[index]
+
     def _prev(self) -> torch.Tensor:
         assert self.active is not None
         return shift_chunk(self.active, self.tick - self.active_start, fill="last")

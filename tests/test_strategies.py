@@ -152,3 +152,17 @@ def test_merging_a_chunk_that_starts_in_the_future_is_refused():
     chunk = torch.zeros(1, 4, 1)
     with pytest.raises(ValueError):
         merge_arriving_chunk(chunk, torch.tensor([0]), chunk, torch.tensor([5]), 3)
+
+
+def test_dropping_finished_items_keeps_the_remaining_items_on_their_own_chunks():
+    policy = ClockPolicy(8)
+    ctrl = ChunkedController(policy, StrategyConfig("naive"), d=2, s=3)
+    state = torch.stack([torch.zeros(3), torch.arange(3, dtype=torch.float32)], dim=1)
+    for tick in range(12):
+        if tick == 4:  # item 1 finished; keep items 0 and 2 (a request is in flight)
+            ctrl.select(torch.tensor([0, 2]))
+            state = state[[0, 2]]
+        action = ctrl.act(state)
+        assert action[:, 0].tolist() == [float(tick)] * state.shape[0]
+        assert torch.equal(action[:, 1], state[:, 1])
+        state = state + torch.tensor([1.0, 0.0])
