@@ -225,3 +225,31 @@ async def test_event_loop_keeps_answering_while_a_model_computes_for_200_ms():
                 assert wire.unpackb(slow_reply.result())["server_timing"]["infer_ms"] >= 200
     assert fast_during >= 4 and health_during >= 4
     assert worst < 0.15  # a blocked loop would hold both for the whole 200 ms call
+
+
+async def test_headway_serve_drains_on_sigterm_and_exits_0():
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from benchmarks.load import free_port
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "stream.cli", "serve", "--port", str(port),
+                                "--standin-ms", "300", "--budget-ms", "2000", "--log-level", "WARNING"])
+    try:
+        client = PolicyClient(f"ws://127.0.0.1:{port}/", backoff_s=0.1, connect_attempts=50)
+        await client.connect()
+        ws = client._ws
+        await ws.send(wire.packb({"state": state_for(0)}))
+        await asyncio.sleep(0.05)
+        os.kill(process.pid, signal.SIGTERM)
+        reply = wire.unpackb(await ws.recv())  # the reply in flight is still delivered
+        assert np.allclose(reply["actions"], standin_actions(state_for(0)[None])[0])
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.recv()
+        assert info.value.rcvd.code == 1001
+        assert await asyncio.get_running_loop().run_in_executor(None, process.wait, 20) == 0
+    finally:
+        process.kill()
