@@ -75,6 +75,7 @@ class LoopStats:
     seam_jerk: deque = field(default_factory=lambda: deque(maxlen=10_000))
     delay_ticks: deque = field(default_factory=lambda: deque(maxlen=10_000))
     batch_sizes: deque = field(default_factory=lambda: deque(maxlen=10_000))  # server's batch per chunk
+    seam_ticks: deque = field(default_factory=lambda: deque(maxlen=10_000))  # ticks where a new chunk took over
 
     def summary(self) -> dict[str, Any]:
         def pct(values, q):
@@ -191,6 +192,7 @@ class RobotLoop:
         # sent + d - start_tick; leading actions skipped beyond that were lost to lateness.
         self.stats.skipped_actions += max(0, arrival.skipped - max(0, sent + reply.d - reply.start_tick))
         self.stats.delay_ticks.append(now - sent)
+        self.stats.seam_ticks.append(arrival.first_tick)
         if "batch_size" in reply.timing:
             self.stats.batch_sizes.append(reply.timing["batch_size"])
         if arrival.seam_jerk is not None:

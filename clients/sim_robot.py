@@ -40,7 +40,7 @@ class SimRobot:
         return self.task.hold_action()[0].numpy()
 
     def apply(self, action: np.ndarray) -> None:
-        self.state = self.task.step(torch.as_tensor(np.asarray(action, dtype=np.float32))[None])
+        self.state = self.task.step(torch.tensor(np.asarray(action, dtype=np.float32))[None])
         if bool(self.task.done()[0]):
             self.episodes += 1
             self.solved += int(bool(self.task.solved()[0]))
