@@ -19,7 +19,8 @@ schedule), ``p50_ms`` ``p90_ms`` ``p99_ms`` ``p999_ms`` ``max_ms`` ``mean_ms`` (
 correct replies), ``deadline_misses`` (``deadline_exceeded`` replies plus correct replies
 later than ``--budget-ms``), ``errors`` (any other error reply, wrong chunk, or lost
 connection), ``error_codes``, ``requests``, ``batch_size_mean``, ``queue_ms_p50``,
-``infer_ms_p50`` (from the replies' ``server_timing``), and the settings.
+``infer_ms_p50``, ``server_total_ms_p50``/``_p99`` (frame received -> reply encoded, from the
+replies' ``server_timing``; the rest of a latency is transport and the client), and the settings.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class Tally:
     latencies_ms: list[float] = field(default_factory=list)
     queue_ms: list[float] = field(default_factory=list)
     infer_ms: list[float] = field(default_factory=list)
+    server_ms: list[float] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)
     codes: Counter = field(default_factory=Counter)
     late: int = 0
@@ -126,6 +128,7 @@ async def run_client(index: int, url: str, headers: dict, args: argparse.Namespa
                 timing = message.get("server_timing", {})
                 tally.queue_ms.append(timing.get("queue_ms", 0.0))
                 tally.infer_ms.append(timing.get("infer_ms", 0.0))
+                tally.server_ms.append(timing.get("total_ms", 0.0))
                 tally.batch_sizes.append(timing.get("batch_size", 0))
     except (ConnectionClosed, OSError) as exc:
         tally.codes[f"connection:{type(exc).__name__}"] += 1
@@ -195,6 +198,8 @@ def summarize(tally: Tally, args: argparse.Namespace, wall_s: float) -> dict:
         "batch_size_mean": round(float(np.mean(tally.batch_sizes)), 2) if tally.batch_sizes else None,
         "queue_ms_p50": round(float(np.median(tally.queue_ms)), 3) if tally.queue_ms else None,
         "infer_ms_p50": round(float(np.median(tally.infer_ms)), 3) if tally.infer_ms else None,
+        "server_total_ms_p50": round(float(np.median(tally.server_ms)), 3) if tally.server_ms else None,
+        "server_total_ms_p99": round(float(np.percentile(tally.server_ms, 99)), 3) if tally.server_ms else None,
         "clients": args.clients, "rate": args.rate, "duration_s": args.duration, "payload": args.payload,
         "budget_ms": args.budget_ms, "standin_ms": None if args.url else args.standin_ms,
         "server": args.url or "spawned", "wall_s": round(wall_s, 2),
