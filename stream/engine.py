@@ -493,9 +493,9 @@ class Engine:
             else:
                 outcomes.append((request.future, Result(output, start - request.arrival_ns, compute,
                                                         len(items), item.degraded), None))
-        self._deliver(outcomes)
         if self.metrics:
             self.metrics.observe_batch(len(items), compute / 1e9, [(start - r.arrival_ns) / 1e9 for r in run])
+        self._deliver(outcomes)  # last, so the worker is back waiting (GIL free) when the loop wakes
 
     def _deliver(self, outcomes: list[tuple[asyncio.Future, Any, str | None]]) -> None:
         """Resolve futures on the loop: (future, Result | EngineError | None, miss-site | None)."""
