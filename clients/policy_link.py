@@ -21,7 +21,7 @@ import numpy as np
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from clients.robot_loop import ChunkReply
+from clients.robot_loop import ChunkReply, RequestFailed
 from clients.wire import packb, unpackb
 
 
@@ -80,7 +80,7 @@ class WebsocketPolicyLink:
         self.connects = 0
         self.errors = 0
         self.last_error: dict[str, Any] | None = None
-        self._replies: deque[ChunkReply] = deque()
+        self._replies: deque[ChunkReply | RequestFailed] = deque()
         self._ready = threading.Event()
         self._ws = None
         self._epoch = 0
@@ -97,7 +97,7 @@ class WebsocketPolicyLink:
             message["report"] = report
         self.hub.call(self._send_soon, request_id, packb(message))
 
-    def poll(self) -> list[ChunkReply]:
+    def poll(self) -> list[ChunkReply | RequestFailed]:
         replies = []
         while self._replies:
             replies.append(self._replies.popleft())
@@ -157,7 +157,7 @@ class WebsocketPolicyLink:
         if ws is not None:
             self.hub.loop.create_task(ws.close())
 
-    def _deliver(self, epoch: int, reply: ChunkReply) -> None:
+    def _deliver(self, epoch: int, reply: ChunkReply | RequestFailed) -> None:
         if epoch == self._epoch:
             self._replies.append(reply)
 
@@ -213,3 +213,5 @@ class WebsocketPolicyLink:
         elif message.get("type") == "error":
             self.errors += 1
             self.last_error = message
+            if isinstance(message.get("request_id"), int):
+                self._deliver(epoch, RequestFailed(message["request_id"], str(message.get("code"))))

@@ -38,6 +38,14 @@ class Robot(Protocol):
 
 
 @dataclass
+class RequestFailed:
+    """The server answered a request with an error (e.g. ``deadline_exceeded``)."""
+
+    request_id: int
+    code: str
+
+
+@dataclass
 class ChunkReply:
     request_id: int
     actions: np.ndarray  # [H, A]
@@ -53,8 +61,8 @@ class PolicyLink(Protocol):
         when the previous chunk arrived: ``{"request_id", "tick_sent", "tick_arrived"}``."""
         ...
 
-    def poll(self) -> list[ChunkReply]:
-        """Replies that arrived since the last poll; must not block."""
+    def poll(self) -> list[ChunkReply | RequestFailed]:
+        """Replies (chunks or failures) that arrived since the last poll; must not block."""
         ...
 
     def abandon(self, request_id: int) -> None:
@@ -68,6 +76,7 @@ class LoopStats:
     underruns: int = 0  # ticks with no planned action after the first chunk arrived
     warmup_ticks: int = 0  # ticks held before the first chunk of the session or an episode arrived
     timeouts: int = 0
+    failures: int = 0  # requests the server answered with an error; asked again at once
     late_replies_dropped: int = 0
     skipped_actions: int = 0  # new-plan actions lost because a chunk came later than its d
     chunks: int = 0
@@ -86,6 +95,7 @@ class LoopStats:
             "underruns": self.underruns,
             "warmup_ticks": self.warmup_ticks,
             "timeouts": self.timeouts,
+            "failures": self.failures,
             "late_replies_dropped": self.late_replies_dropped,
             "skipped_actions": self.skipped_actions,
             "chunks": self.chunks,
@@ -179,10 +189,14 @@ class RobotLoop:
         self._reset_pending = True
         self._next_request_tick = self.tick + 1
 
-    def _accept(self, reply: ChunkReply, now: int) -> None:
+    def _accept(self, reply: ChunkReply | RequestFailed, now: int) -> None:
         if self._outstanding is None or reply.request_id != self._outstanding[0]:
             self.stats.late_replies_dropped += 1
             return
+        if isinstance(reply, RequestFailed):
+            self._outstanding = None
+            self.stats.failures += 1
+            return  # the next request goes out this very tick, with a fresh observation
         _, sent = self._outstanding
         self._outstanding = None
         arrival = self.buffer.merge(reply.actions, reply.start_tick, now)

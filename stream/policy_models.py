@@ -44,6 +44,21 @@ class TrainedPolicyExecutor:
         self.future_state_fn = make_task(task).predict_state
         self.degraded_steps = max(1, math.ceil(self.config.num_steps / 2))
         self.generator = torch.Generator().manual_seed(0)
+        self.warm_up()
+
+    def warm_up(self) -> None:
+        """Run every kind of call once before serving: the first backward pass through the
+        network costs ~100x a normal call, and a robot's first chunks must not pay for it
+        (nor must the engine's latency estimate or the sessions' delay estimates)."""
+        c = self.config
+        state = np.zeros(c.state_dim, dtype=np.float32)
+        prev = np.zeros((c.horizon, c.action_dim), dtype=np.float32)
+        for batch in (1, 4):
+            for degraded in (False, True):
+                items = [WorkItem({"state": state}, degraded=degraded)] * batch
+                items += [WorkItem({"state": state, "prev_chunk": prev, "d": 1, "s": 4, "future_state": future},
+                                   degraded=degraded) for future in (False, True)] * batch
+                self.run(items)
 
     def run(self, items: Sequence[WorkItem]) -> list[np.ndarray]:
         groups: dict[tuple, list[int]] = defaultdict(list)

@@ -186,3 +186,16 @@ def test_an_episode_boundary_drops_the_plan_and_asks_for_a_fresh_chunk_with_rese
     assert link.observations[1].get("reset") is True
     assert loop.buffer.remaining(loop.tick) > 0  # the new episode's chunk, not the old plan
     assert robot.applied[-1][0] >= 200
+
+
+def test_a_request_the_server_failed_is_asked_again_on_the_same_tick():
+    from clients.robot_loop import RequestFailed
+
+    loop, link, _ = make_loop(delays=[1, 50, 1], s=4, timeout_ticks=100)
+    for _ in range(6):
+        loop.step()
+    assert [tick for _, tick, _ in link.sent] == [0, 5]
+    link.pending = [(6, RequestFailed(1, "deadline_exceeded"))]
+    loop.step()
+    assert [tick for _, tick, _ in link.sent] == [0, 5, 6]
+    assert loop.stats.failures == 1 and loop.stats.timeouts == 0
