@@ -81,7 +81,7 @@ def run_robots(url: str, args: argparse.Namespace) -> dict:
 
     underruns = episodes = solved = 0
     jitter, jerk, delay, batch = [], [], [], []
-    timeouts = late = 0
+    timeouts = late = failures = 0
     for loop, robot, (u0, j0, e0, s0, k0, d0, b0) in zip(loops, robots, at_warmup):
         st = loop.stats
         underruns += st.underruns - u0
@@ -93,6 +93,7 @@ def run_robots(url: str, args: argparse.Namespace) -> dict:
         batch += list(st.batch_sizes)[b0:]
         timeouts += st.timeouts
         late += st.late_replies_dropped
+        failures += st.failures
     rate = solved / episodes if episodes else None
     ci95 = 1.96 * np.sqrt(rate * (1 - rate) / episodes) if episodes else None
     return {
@@ -107,7 +108,7 @@ def run_robots(url: str, args: argparse.Namespace) -> dict:
         "jitter_p50_ms": _pct(jitter, 50), "jitter_p99_ms": _pct(jitter, 99),
         "seam_jerk": round(float(np.mean(jerk)), 5) if jerk else None,
         "batch_p50": _pct(batch, 50),
-        "timeouts": timeouts, "late_replies_dropped": late,
+        "timeouts": timeouts, "failures": failures, "late_replies_dropped": late,
     }
 
 

@@ -77,7 +77,8 @@ class LoopStats:
     warmup_ticks: int = 0  # ticks held before the first chunk of the session or an episode arrived
     timeouts: int = 0
     failures: int = 0  # requests the server answered with an error; asked again at once
-    late_replies_dropped: int = 0
+    late_replies_dropped: int = 0  # replies to requests the loop had given up on
+    stale_replies_dropped: int = 0  # replies to requests of an episode that had ended
     skipped_actions: int = 0  # new-plan actions lost because a chunk came later than its d
     chunks: int = 0
     jitter_ms: deque = field(default_factory=lambda: deque(maxlen=100_000))
@@ -97,6 +98,7 @@ class LoopStats:
             "timeouts": self.timeouts,
             "failures": self.failures,
             "late_replies_dropped": self.late_replies_dropped,
+            "stale_replies_dropped": self.stale_replies_dropped,
             "skipped_actions": self.skipped_actions,
             "chunks": self.chunks,
             "jitter_p50_ms": pct(self.jitter_ms, 50),
@@ -138,6 +140,7 @@ class RobotLoop:
         self._last_action: np.ndarray | None = None
         self._started = False
         self._reset_pending = False
+        self._stale_request: int | None = None  # in flight when the last episode ended
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -183,6 +186,8 @@ class RobotLoop:
     def _new_episode(self) -> None:
         """Drop the plan and any request in flight (its reply is for the old episode)."""
         self.buffer = ActionBuffer(self.buffer.action_dim)
+        if self._outstanding is not None:
+            self._stale_request = self._outstanding[0]
         self._outstanding = None
         self._report = None
         self._started = False
@@ -191,7 +196,10 @@ class RobotLoop:
 
     def _accept(self, reply: ChunkReply | RequestFailed, now: int) -> None:
         if self._outstanding is None or reply.request_id != self._outstanding[0]:
-            self.stats.late_replies_dropped += 1
+            if reply.request_id == self._stale_request:
+                self.stats.stale_replies_dropped += 1
+            else:
+                self.stats.late_replies_dropped += 1
             return
         if isinstance(reply, RequestFailed):
             self._outstanding = None
