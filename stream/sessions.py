@@ -103,9 +103,9 @@ class OpenpiSession:
         gauge.inc()
         writer = self._writer = asyncio.create_task(self._write())
         try:
-            if await self._handshake():
+            if await self._handshake():  # False: it already sent its error and closed
                 await self._read(ticket)  # returns only after queueing a fatal error
-            await writer  # sends the replies in flight, then the error, then closes
+                await writer  # sends the replies in flight, then the error, then closes
         except ConnectionClosed:
             pass
         finally:
