@@ -15,8 +15,17 @@ from policies.checkpoint import load_policy
 from policies.training import add_arguments, fit_statistics, main, train_policy
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small training runs are fastest on one thread, and the suite shares 2 cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
-def demos():
+def demos(one_thread):
     return collect_demonstrations(make_task("slalom"), episodes=20, seed=0)
 
 
