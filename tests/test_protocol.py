@@ -165,3 +165,18 @@ def test_message_type_defaults_only_where_allowed():
     assert protocol.message_type({}, default="observation") == "observation"
     with pytest.raises(ProtocolError):
         protocol.message_type({})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=256))
+def test_arbitrary_bytes_either_decode_to_a_map_or_raise_protocol_error(frame):
+    try:
+        message = protocol.decode(frame)
+    except ProtocolError as exc:
+        assert exc.code == "bad_frame"
+    else:
+        assert isinstance(message, dict)
+        try:
+            SPEC.validate(message)
+        except ProtocolError:
+            pass

@@ -253,3 +253,18 @@ async def test_headway_serve_drains_on_sigterm_and_exits_0():
         assert await asyncio.get_running_loop().run_in_executor(None, process.wait, 20) == 0
     finally:
         process.kill()
+
+
+async def test_sdk_retries_an_at_capacity_refusal_until_a_session_frees():
+    with ServerThread(config=ServerConfig(capacity=1)) as server:
+        holder = PolicyClient(server.url)
+        await holder.connect()
+        with pytest.raises(ServerError) as info:
+            await PolicyClient(server.url, connect_attempts=2, backoff_s=0.01).connect()
+        assert info.value.code == "at_capacity"
+        waiting = PolicyClient(server.url, connect_attempts=50, backoff_s=0.02, backoff_max_s=0.1)
+        connecting = asyncio.create_task(waiting.connect())
+        await asyncio.sleep(0.2)
+        await holder.close()
+        assert (await asyncio.wait_for(connecting, 10))["model"] == "standin"
+        await waiting.close()
