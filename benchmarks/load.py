@@ -213,7 +213,11 @@ def main(args: argparse.Namespace) -> int:
     url = args.url
     expect = None
     if url is None:
-        process, url = start_server(args)
+        try:
+            process, url = start_server(args)
+        except RuntimeError as exc:
+            print(f"headway bench load: {exc}", file=sys.stderr)
+            return 2
         if args.model == "standin":
             from policies.standin import standin_actions
 
