@@ -390,7 +390,11 @@ class Engine:
             if expired:
                 self._deliver([(r.future, None, "dispatch") for r in expired])
             if batch:
-                self._execute(batch)
+                try:
+                    self._execute(batch)
+                except Exception:  # a bug here must not kill the worker and strand every session
+                    log.exception("engine %s failed outside the model call", self.name)
+                    self._deliver([(r.future, EngineError("internal", "engine error"), None) for r in batch])
 
     def _next_batch(self) -> tuple[list | None, list[_Request], list[_Request]]:
         """Wait for the dispatch rule; return (controls, batch, requests already past hope)."""
