@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import urllib.error
@@ -268,3 +269,31 @@ async def test_sdk_retries_an_at_capacity_refusal_until_a_session_frees():
         await holder.close()
         assert (await asyncio.wait_for(connecting, 10))["model"] == "standin"
         await waiting.close()
+
+
+async def test_request_that_cannot_make_its_budget_is_answered_deadline_exceeded_and_session_stays_open():
+    with ServerThread([standin(50)]) as server:
+        async with connect(server.url + "?budget_ms=10", compression=None) as ws:
+            await ws.recv()
+            for _ in range(2):  # the session survives the first refusal
+                await ws.send(wire.packb({"state": state_for(0), "id": 9}))
+                error = json.loads(await ws.recv())
+                assert (error["type"], error["code"], error["id"]) == ("error", "deadline_exceeded", 9)
+        text = server.metrics_text()
+    assert metric_value(text, "headway_deadline_misses_total", reason="predicted_at_submit") == 2
+    assert metric_value(text, "headway_batch_size_count") == 0  # never run late in silence
+
+
+async def test_pipelined_observation_replaces_the_queued_one_and_replies_keep_request_order():
+    with ServerThread([standin(150)], ServerConfig(budget_s=2.0)) as server:
+        async with connect(server.url, compression=None) as ws:
+            await ws.recv()
+            for i in (1, 2, 3):
+                await ws.send(wire.packb({"state": state_for(i), "id": i}))
+                await asyncio.sleep(0.03)  # 1 is computing when 2 and 3 arrive
+            first = wire.unpackb(await ws.recv())
+            second = json.loads(await ws.recv())
+            third = wire.unpackb(await ws.recv())
+    assert first["id"] == 1 and np.allclose(first["actions"], standin_actions(state_for(1)[None])[0])
+    assert (second["code"], second["id"]) == ("superseded", 2)
+    assert third["id"] == 3 and np.allclose(third["actions"], standin_actions(state_for(3)[None])[0])
