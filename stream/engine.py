@@ -10,8 +10,9 @@ Model code therefore never runs on the event loop.
 Dispatch rule (the worker is idle whenever it looks at the queue): take a batch when
 
 * the queue holds a full batch (``executor.max_batch_size`` requests), or
-* the oldest queued request has waited ``batch_window_s`` (0 by default: an idle worker
-  starts at once, so a single client sees no batching delay), or
+* a queued request has been held as long as it may: ``batch_window_s`` after its arrival
+  (0 by default: an idle worker starts at once, so a single client sees no batching
+  delay), or as long as its soft latency target ``target_s`` allows, or
 * waiting longer would risk the earliest deadline:
   ``earliest_deadline - predicted_latency(b) - margin <= now``.
 
@@ -129,6 +130,15 @@ class LatencyEstimate:
         self._dev: dict[tuple[int, bool], float] = {}
 
     def observe(self, batch_size: int, degraded: bool, ns: int) -> None:
+        if degraded:
+            # A request runs degraded only while the normal estimate says it would be late,
+            # so the normal estimate would never be observed again: a single slow call
+            # (a GC pause, a cold cache) would keep a session degraded for good. A degraded
+            # call that shows the normal estimate too pessimistic pulls it down.
+            implied = ns / self.degraded_ratio
+            normal = (batch_size, False)
+            if normal in self._mean and self._mean[normal] + 2.0 * self._dev[normal] > implied:
+                self.observe(batch_size, False, int(implied))
         key = (batch_size, degraded)
         mean = self._mean.get(key)
         if mean is None:
@@ -173,6 +183,7 @@ class _Request:
     replaceable: bool
     stream: Hashable | None
     future: asyncio.Future
+    hold_until_ns: int = 0  # the batcher may keep it queued for companions until then
     dead: bool = False  # superseded, dropped with its session, or shed
     degraded: bool = False  # set at dispatch when only the degraded estimate makes the deadline
 
@@ -231,7 +242,7 @@ class Engine:
         self._cond = threading.Condition(threading.Lock())
         self._heap: list[tuple[int, int, _Request]] = []
         self._live = 0  # requests in the heap that are not dead
-        self._oldest_arrival_ns = 0
+        self._hold_until_ns = 0  # earliest hold_until_ns of the queued requests
         self._controls: list[tuple[Callable[[Executor], Any], asyncio.Future]] = []
         self._seq = itertools.count()
         self._session_ids = itertools.count(1)
@@ -304,11 +315,18 @@ class Engine:
         replace: bool = True,
         stream: Hashable | None = None,
         arrival_ns: int | None = None,
+        target_s: float | None = None,
     ) -> asyncio.Future:
         """Queue one request; the future resolves to a :class:`Result` or raises :class:`EngineError`.
 
         ``arrival_ns`` (``time.monotonic_ns``) defaults to now; sessions pass the time the
         frame was received so that decoding is charged to the budget.
+
+        ``target_s`` is a soft latency target below the budget: the batcher may hold the
+        request to grow a batch until its batch would have to start to answer within the
+        target (default: the engine's ``batch_window_s``). The budget stays the hard
+        deadline. A robot session uses it to batch across robots only as long as the
+        reply still arrives within the delay it assumed.
         """
         loop = self._loop
         assert loop is not None, "engine not started"
@@ -316,7 +334,12 @@ class Engine:
         now = time.monotonic_ns()
         arrival = now if arrival_ns is None else arrival_ns
         deadline = arrival + int(budget_s * 1e9)
-        request = _Request(session, inputs, arrival, deadline, allow_degrade, replace, stream, future)
+        if target_s is None:
+            hold_until = arrival + self.batch_window_ns
+        else:
+            hold_until = arrival + int(target_s * 1e9) - self.latency.predict(1) - self.margin_ns
+        request = _Request(session, inputs, arrival, deadline, allow_degrade, replace, stream, future,
+                           hold_until_ns=min(hold_until, deadline))
         if self._stopping or session.closed:
             future.set_exception(EngineError("shutting_down", "server is shutting down"))
             return future
@@ -336,8 +359,8 @@ class Engine:
                 shed = True
             else:
                 shed = False
-                if self._live == 0:
-                    self._oldest_arrival_ns = arrival
+                if self._live == 0 or request.hold_until_ns < self._hold_until_ns:
+                    self._hold_until_ns = request.hold_until_ns
                 heapq.heappush(self._heap, (deadline, next(self._seq), request))
                 self._live += 1
                 if replace:
@@ -416,7 +439,7 @@ class Engine:
                 size = min(self._live, self.executor.max_batch_size)
                 if size >= self.executor.max_batch_size:
                     break
-                window_end = self._oldest_arrival_ns + self.batch_window_ns
+                window_end = self._hold_until_ns
                 if now >= window_end:
                     break
                 latest_start = self._heap[0][0] - self.latency.predict(size) - self.margin_ns
@@ -442,7 +465,7 @@ class Engine:
                 else:
                     batch.append(request)
             if self._live:
-                self._oldest_arrival_ns = min(e[2].arrival_ns for e in self._heap if not e[2].dead)
+                self._hold_until_ns = min(e[2].hold_until_ns for e in self._heap if not e[2].dead)
             if batch:
                 self._busy_until_ns = now + self.latency.predict(len(batch))
             depth = self._live

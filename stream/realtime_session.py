@@ -56,7 +56,8 @@ class PreparedRequest:
     request_id: int
     tick: int
     inputs: dict[str, Any]
-    budget_s: float
+    budget_s: float  # hard: the robot runs out of planned actions then
+    target_s: float | None  # soft: the batcher may wait for other robots until then
     d: int
     s: int
 
@@ -178,7 +179,12 @@ class RealtimeSessionState:
             inputs.update(prev_chunk=shifted, d=d, s=s_mask, future_state=settings.future_state,
                           beta=settings.beta, schedule=settings.schedule)
         budget_s = self._budget_s(tick, prev if covered else None, prev_start)
-        return PreparedRequest(request_id=request_id, tick=tick, inputs=inputs, budget_s=budget_s, d=d, s=s)
+        # Batch with other robots only as long as the chunk still arrives within the delay
+        # this request assumes (d ticks, at least one); a robot that holds (sync, or no plan
+        # yet) waits for every millisecond, so it is served at once.
+        target_s = max(1, d) / settings.control_hz if covered and settings.strategy != "sync" else None
+        return PreparedRequest(request_id=request_id, tick=tick, inputs=inputs, budget_s=budget_s,
+                               target_s=target_s, d=d, s=s)
 
     def _budget_s(self, tick: int, prev: np.ndarray | None, prev_start: int) -> float:
         """Until the robot runs out of planned actions, less ``margin_ticks``; the hello's

@@ -150,8 +150,9 @@ class OpenpiSession:
         await self.ws.send(protocol.encode_binary(metadata))
         return True
 
-    def _parse(self, frame: bytes | str) -> tuple[Any, Any, float, bool, Any]:
-        """One request frame -> (engine inputs, request id, budget s, allow degrade, reply context).
+    def _parse(self, frame: bytes | str) -> tuple[Any, Any, float, bool, float | None, Any]:
+        """One request frame -> (engine inputs, request id, budget s, allow degrade,
+        soft latency target s or None, reply context).
 
         Raises ``ProtocolError`` for anything that must not reach the engine.
         """
@@ -164,7 +165,7 @@ class OpenpiSession:
             raise ProtocolError("unknown_type", f"unknown message type {kind!r}; "
                                                 "this endpoint takes 'observation'")
         request_id = protocol.request_id(message)
-        return self.served.model.observation_spec.validate(message), request_id, self.budget_s, False, None
+        return self.served.model.observation_spec.validate(message), request_id, self.budget_s, False, None, None
 
     def _reply(self, item: _Pending, result: Result, timing: dict[str, Any]) -> dict[str, Any]:
         """The reply message for a request the model answered. ``/``: openpi's reply."""
@@ -189,13 +190,14 @@ class OpenpiSession:
             if self._draining:
                 continue
             try:
-                inputs, request_id, budget_s, degrade, context = self._parse(frame)
+                inputs, request_id, budget_s, degrade, target_s, context = self._parse(frame)
             except ProtocolError as exc:
                 # Report after the replies already in flight, then close (writer does both).
                 self._pending.append(_Pending(None, None, arrival, 0, exc))
                 self._wake_writer.set()
                 return
-            future = engine.submit(ticket, inputs, budget_s=budget_s, arrival_ns=arrival, allow_degrade=degrade)
+            future = engine.submit(ticket, inputs, budget_s=budget_s, arrival_ns=arrival, allow_degrade=degrade,
+                                   target_s=target_s)
             self._pending.append(_Pending(future, request_id, arrival, arrival + int(budget_s * 1e9),
                                           context=context, text=isinstance(frame, str)))
             self._wake_writer.set()
@@ -329,13 +331,14 @@ class RealtimePolicySession(OpenpiSession):
         await self.ws.send(protocol.encode_text(ready) if isinstance(frame, str) else protocol.encode_binary(ready))
         return True
 
-    def _parse(self, frame: bytes | str) -> tuple[Any, Any, float, bool, Any]:
+    def _parse(self, frame: bytes | str) -> tuple[Any, Any, float, bool, float | None, Any]:
         message = protocol.decode(frame)
         kind = protocol.message_type(message)
         if kind != "observation":
             raise ProtocolError("unknown_type", f"unknown message type {kind!r}; this endpoint takes 'observation'")
         prepared = self.state.observation(message)
-        return prepared.inputs, prepared.request_id, prepared.budget_s, self.state.settings.degrade, prepared
+        return (prepared.inputs, prepared.request_id, prepared.budget_s, self.state.settings.degrade,
+                prepared.target_s, prepared)
 
     def _reply(self, item: _Pending, result: Result, timing: dict[str, Any]) -> dict[str, Any]:
         return {"type": "chunk", **self.state.completed(item.context, result.output),

@@ -345,3 +345,33 @@ def test_latency_estimate_tracks_a_changing_model():
     for _ in range(50):
         estimate.observe(1, False, 200)
     assert 195 <= estimate.predict(1) <= 215
+
+
+async def test_a_soft_latency_target_holds_a_request_so_later_ones_join_its_batch():
+    executor = RecordingExecutor()
+    engine = await started(executor)
+    first = engine.submit(engine.open_session(), 1, budget_s=30, target_s=10)
+    await asyncio.sleep(0.05)  # an idle worker would have run `first` alone by now without a target
+    second = engine.submit(engine.open_session(), 2, budget_s=30, target_s=0)
+    await asyncio.gather(first, second)
+    assert [inputs_of(b) for b in executor.batches] == [[1, 2]]
+    await engine.stop()
+
+
+async def test_without_a_target_an_idle_worker_does_not_wait_for_companions():
+    executor = RecordingExecutor()
+    engine = await started(executor)
+    first = engine.submit(engine.open_session(), 1, budget_s=30)
+    await asyncio.sleep(0.05)
+    second = engine.submit(engine.open_session(), 2, budget_s=30)
+    await asyncio.gather(first, second)
+    assert [inputs_of(b) for b in executor.batches] == [[1], [2]]
+    await engine.stop()
+
+
+def test_degraded_calls_pull_down_a_pessimistic_normal_estimate():
+    estimate = LatencyEstimate(degraded_ratio=0.5)
+    estimate.observe(1, False, 400_000_000)  # one very slow call (a cold start)
+    for _ in range(30):
+        estimate.observe(1, True, 5_000_000)  # degraded calls at 5 ms imply ~10 ms normal calls
+    assert estimate.predict(1) < 50_000_000

@@ -113,3 +113,13 @@ def test_an_observation_without_a_tick_is_refused():
     with pytest.raises(ProtocolError) as err:
         state.observation(message)
     assert err.value.code == "missing_field"
+
+
+def test_batching_target_is_the_assumed_delay_and_none_without_a_plan():
+    state = session()
+    first = state.observation(observation(0, 0))
+    assert first.target_s is None  # the robot has nothing to execute: serve it at once
+    state.completed(first, ramp_chunk())
+    later = state.observation(observation(1, 4))
+    assert later.target_s == pytest.approx(max(1, later.d) / 50.0)
+    assert later.target_s < later.budget_s
