@@ -199,3 +199,49 @@ def test_a_request_the_server_failed_is_asked_again_on_the_same_tick():
     loop.step()
     assert [tick for _, tick, _ in link.sent] == [0, 5, 6]
     assert loop.stats.failures == 1 and loop.stats.timeouts == 0
+
+
+class SessionLink:
+    """The server's /v1/policy session logic (sans I/O) behind an in-memory network whose
+    round trip for request k is ``delays[k]`` ticks."""
+
+    def __init__(self, loop_ref, delays, horizon=16):
+        from stream.realtime_session import RealtimeSessionState
+        from stream.registry import robot_observation_spec
+
+        self.state = RealtimeSessionState(robot_observation_spec(3), horizon=horizon, action_dim=A, control_hz=50.0)
+        self.state.hello({"type": "hello", "strategy": "rtc"})
+        self.loop_ref, self.delays, self.horizon = loop_ref, delays, horizon
+        self.pending = []
+        self.replies = []
+
+    def request(self, request_id, tick, observation, report):
+        message = {"type": "observation", "request_id": request_id, "tick": tick, **observation}
+        if report is not None:
+            message["report"] = report
+        prepared = self.state.observation(message)
+        fields = self.state.completed(prepared, chunk(np.arange(self.horizon) + tick))
+        reply = ChunkReply(request_id, fields["actions"], fields["start_tick"], fields["d"], fields["s"])
+        self.replies.append(reply)
+        self.pending.append((tick + self.delays[min(request_id, len(self.delays) - 1)], reply))
+
+    poll = ScriptedLink.poll
+
+    def abandon(self, request_id):
+        raise AssertionError("nothing should time out")
+
+
+def test_a_server_warmup_spike_inflates_neither_d_nor_skips_actions():
+    holder = {}
+    link = SessionLink(lambda: holder["loop"], delays=[20] + [2] * 40)
+    robot = RecordingRobot()
+    loop = RobotLoop(robot, link, action_dim=A)
+    holder["loop"] = loop
+    for _ in range(30):  # the slow first call, then the first normal round trip, whose
+        loop.step()  # length the server cannot know yet (it guesses d = 0)
+    skipped_during_warmup = loop.stats.skipped_actions
+    for _ in range(120):
+        loop.step()
+    assert loop.stats.skipped_actions == skipped_during_warmup
+    assert loop.stats.underruns == 0
+    assert max(reply.d for reply in link.replies[2:]) <= 2  # the 20-tick first call is not counted
