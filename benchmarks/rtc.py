@@ -258,6 +258,14 @@ def main(args: argparse.Namespace) -> int:
     bar.close()
     (args.out / "rtc_sweep.json").write_text(json.dumps(rows, indent=1) + "\n")
     plot(rows, args.out / "rtc_sweep.png")
+    from benchmarks.rtc_summary import acceptance
+
+    target = next((n for n in names if getattr(TASKS[n], "has_target_changes", False)), names[0])
+    checks = acceptance(rows, target_task=target)
+    (args.out / "rtc_acceptance.json").write_text(json.dumps(checks, indent=1) + "\n")
+    verdicts = {k: {f: v[f] for f in ("pass", "pass_d_ge_1", "per_task_pass", "task_average_pass") if f in v}
+                for k, v in checks.items()}
+    print("acceptance (issue 3): " + json.dumps(verdicts), file=sys.stderr)
     print(json.dumps(rows))
     print(f"bench rtc: {len(rows)} rows in {time.monotonic() - start:.0f} s -> {args.out}/rtc_sweep.json, rtc_sweep.png", file=sys.stderr)
     return 0
