@@ -148,7 +148,7 @@ def test_diffusion_guide_is_called_once_per_step_with_rising_alpha_bar():
     guide = CountingGuide()
     make_policy("diffusion", 10).sample(torch.randn(2, S), guide=guide)
     assert len(guide.levels) == 10
-    assert guide.levels == sorted(guide.levels) and guide.levels[0] < 0.01 and guide.grad_ok
+    assert guide.levels == sorted(guide.levels) and guide.levels[0] < 0.05 and guide.grad_ok
 
 
 @pytest.mark.parametrize("family", FAMILIES)
