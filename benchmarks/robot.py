@@ -4,8 +4,11 @@
                         [--inject-latency 60] [--url ws://host:8000]
 
 Starts ``headway serve --model TASK`` in a separate process (unless ``--url``), then runs
-``--robots`` ``RobotLoop`` threads at ``--hz``, each driving its own ``SimRobot`` (the
-physics advances on the robot's own ticks) through its own ``/v1/policy`` session.
+``--robots`` ``RobotLoop``s at ``--hz``, each driving its own ``SimRobot`` (the physics
+advances on the robot's own ticks) through its own ``/v1/policy`` session. The loops tick
+on their own staggered drift-free clocks from one scheduler thread (``run_loops``), so that
+many robots in one Python process do not measure the interpreter lock instead of the
+service; ``--thread-per-robot`` gives each its own thread.
 ``--inject-latency MS`` delays every message by MS/2 each way on the client side, to
 emulate a remote GPU. Everything counted after ``--warmup-s`` (first calls, connection
 set-up) is reported as one JSON object on stdout:
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 
 import numpy as np
@@ -43,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout-ticks", type=int, default=25, help="abandon a request unanswered this long")
     parser.add_argument("--url", default=None, help="server to use (default: start one)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--thread-per-robot", action="store_true",
+                        help="run each robot's loop in a thread of its own (default: one scheduler "
+                             "thread ticks every robot on its own staggered clock)")
 
 
 def _pct(values, q):
@@ -51,7 +58,7 @@ def _pct(values, q):
 
 def run_robots(url: str, args: argparse.Namespace) -> dict:
     from clients.policy_link import WebsocketPolicyLink
-    from clients.robot_loop import RobotLoop
+    from clients.robot_loop import RobotLoop, run_loops
     from clients.sim_robot import SimRobot
 
     hello = {"strategy": args.strategy, "control_hz": args.hz, "future_state": bool(args.future_state)}
@@ -67,14 +74,17 @@ def run_robots(url: str, args: argparse.Namespace) -> dict:
                            timeout_ticks=args.timeout_ticks, on_underrun=robot.hold_action)
                  for robot, link in zip(robots, links)]
         started = time.monotonic()
-        for loop in loops:
-            loop.start(duration_s=args.duration)
+        if args.thread_per_robot:
+            threads = [loop.start(duration_s=args.duration) for loop in loops]
+        else:
+            threads = [threading.Thread(target=run_loops, args=(loops, args.duration), daemon=True)]
+            threads[0].start()
         time.sleep(max(0.0, started + args.warmup_s - time.monotonic()))
         at_warmup = [(loop.stats.underruns, len(loop.stats.jitter_ms), robot.episodes, robot.solved,
                       len(loop.stats.seam_jerk), len(loop.stats.delay_ticks), len(loop.stats.batch_sizes))
                      for loop, robot in zip(loops, robots)]
-        for loop in loops:
-            loop._thread.join(args.duration + 30)
+        for thread in threads:
+            thread.join(args.duration + 30)
     finally:
         for link in links:
             link.close()
@@ -115,8 +125,12 @@ def run_robots(url: str, args: argparse.Namespace) -> dict:
 def main(args: argparse.Namespace) -> int:
     from benchmarks.server_process import ServerProcess
 
-    # Robot threads must get the GIL back promptly when their tick is due.
+    import torch
+
+    # Robot threads must get the GIL back promptly when their tick is due, and the
+    # simulators' tiny tensor ops must not fan out to thread pools that fight for 2 cores.
     sys.setswitchinterval(0.0005)
+    torch.set_num_threads(1)
     if args.url:
         result = run_robots(args.url.rstrip("/") + "/v1/policy", args)
     else:

@@ -241,10 +241,14 @@ class RobotLoop:
             delay = target - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            self.stats.jitter_ms.append(max(0.0, time.monotonic() - target) * 1e3)
-            self.step()
+            self._tick_at(target)
             k += 1
         return self.stats
+
+    def _tick_at(self, target: float) -> None:
+        """Run one tick scheduled for monotonic time ``target`` (already due), recording jitter."""
+        self.stats.jitter_ms.append(max(0.0, time.monotonic() - target) * 1e3)
+        self.step()
 
     def start(self, ticks: int | None = None, duration_s: float | None = None) -> threading.Thread:
         """Run in a daemon thread of its own; ``stop()`` ends it."""
@@ -256,3 +260,29 @@ class RobotLoop:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+
+
+def run_loops(loops: list[RobotLoop], duration_s: float, stop: threading.Event | None = None) -> None:
+    """Run several robots' loops from one thread, each on its own drift-free schedule.
+
+    Robot ``i`` ticks at ``start + i * period / n + k / hz``: the robots' clocks are
+    staggered as independent robots' are, and each tick runs when due. One thread instead
+    of one per robot keeps many simulated robots in one Python process from fighting over
+    the interpreter lock; a real robot runs ``RobotLoop.start`` on its own machine.
+    """
+    import heapq
+
+    start = time.monotonic()
+    end = start + duration_s
+    first = [start + i / (loop.hz * len(loops)) for i, loop in enumerate(loops)]
+    due = [(first[i], i, 0) for i in range(len(loops))]
+    heapq.heapify(due)
+    while due and (stop is None or not stop.is_set()):
+        target, i, k = heapq.heappop(due)
+        if target >= end:
+            break
+        delay = target - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        loops[i]._tick_at(target)
+        heapq.heappush(due, (first[i] + (k + 1) / loops[i].hz, i, k + 1))

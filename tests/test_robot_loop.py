@@ -245,3 +245,15 @@ def test_a_server_warmup_spike_inflates_neither_d_nor_skips_actions():
     assert loop.stats.skipped_actions == skipped_during_warmup
     assert loop.stats.underruns == 0
     assert max(reply.d for reply in link.replies[2:]) <= 2  # the 20-tick first call is not counted
+
+
+def test_run_loops_ticks_every_robot_on_its_own_schedule():
+    made = [make_loop(delays=[1] * 100) for _ in range(3)]
+    loops = [loop for loop, _, _ in made]
+    for loop in loops:
+        loop.hz = 200.0
+    from clients.robot_loop import run_loops
+
+    run_loops(loops, duration_s=0.25)
+    assert all(45 <= loop.tick <= 50 for loop in loops)
+    assert all(loop.stats.chunks >= 5 for loop in loops)
