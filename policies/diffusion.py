@@ -23,6 +23,12 @@ t = 99 a network error of 0.1 in eps becomes ~200 in x0_hat, and the chunk never
 (measured: whack solve rate 0.005 with trailing spacing, 0.995 with leading, same weights).
 Starting at t = 90 (alpha_bar 0.019) keeps the amplification near 7.
 
+Optional v-prediction (Salimans & Ho 2022, "progressive distillation", Sec. 4), chosen per
+checkpoint by ``config.extra["prediction_type"] = "v_prediction"``: the network predicts
+v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0 (``DDPMScheduler.get_velocity``) and
+the sampler converts it to eps = sqrt(alpha_bar_t) v + sqrt(1 - alpha_bar_t) x_t, so the
+DDIM step and the guide still speak epsilon. Epsilon prediction stays the default.
+
 The network is fed tau = t / T (so its ``tau`` input runs from ~1 = noise to 0 = data, the
 opposite of the flow policy's; each policy is trained with its own convention). The
 real-time chunking guide replaces eps_theta at each step via
@@ -39,21 +45,25 @@ from .checkpoint import ACTION_CLIP_STD, NormalizedChunkPolicy
 
 NUM_TRAIN_TIMESTEPS = 100
 BETA_SCHEDULE = "squaredcos_cap_v2"
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 class DiffusionPolicy(NormalizedChunkPolicy):
-    """Epsilon-prediction diffusion chunk policy; implements :class:`policies.base.ChunkPolicy`."""
+    """Diffusion chunk policy (epsilon or v prediction); implements :class:`policies.base.ChunkPolicy`."""
 
     def __init__(self, config: PolicyConfig) -> None:
         if config.family != "diffusion":
             raise ValueError(f"DiffusionPolicy needs family 'diffusion', got {config.family!r}")
         super().__init__(config)
         self.num_train_timesteps = int(config.extra.get("num_train_timesteps", NUM_TRAIN_TIMESTEPS))
+        self.prediction_type = str(config.extra.get("prediction_type", "epsilon"))
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
         self.train_scheduler = DDPMScheduler(
             num_train_timesteps=self.num_train_timesteps,
             beta_schedule=BETA_SCHEDULE,
             clip_sample=False,
-            prediction_type="epsilon",
+            prediction_type=self.prediction_type,
         )
         # One DDIM scheduler per step count, configured once and never mutated afterwards,
         # so concurrent samplers with different step counts cannot disturb each other.
@@ -76,13 +86,24 @@ class DiffusionPolicy(NormalizedChunkPolicy):
         return self._samplers[num_steps]
 
     def training_loss(self, state: torch.Tensor, actions: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """DDPM epsilon loss; ``state`` and ``actions`` (x0) are normalised."""
+        """DDPM loss (epsilon or v target); ``state`` and ``actions`` (x0) are normalised."""
         b = actions.shape[0]
         t = torch.randint(0, self.num_train_timesteps, (b,), generator=generator)
         eps = torch.randn(actions.shape, generator=generator)
         x_t = self.train_scheduler.add_noise(actions, eps, t)
         pred = self.net(x_t, t.float() / self.num_train_timesteps, state)
-        return (pred - eps).square().mean()
+        if self.prediction_type == "v_prediction":
+            target = self.train_scheduler.get_velocity(actions, eps, t)
+        else:
+            target = eps
+        return (pred - target).square().mean()
+
+    def _epsilon(self, output: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+        """The network's output for x at cumulative signal level ``alpha_bar`` ([B]) as an eps estimate."""
+        if self.prediction_type == "epsilon":
+            return output
+        a = alpha_bar.reshape(-1, 1, 1)
+        return a.sqrt() * output + (1.0 - a).sqrt() * x
 
     def sample(
         self,
@@ -124,14 +145,14 @@ class DiffusionPolicy(NormalizedChunkPolicy):
         alphas_cumprod = scheduler.alphas_cumprod
         for t in timesteps[start:]:
             tau = torch.full((b,), float(t) / self.num_train_timesteps)
+            alpha_bar = alphas_cumprod[int(t)].expand(b).to(torch.float32)
             if guide is None:
                 with torch.no_grad():
-                    eps_hat = self.net(x, tau, obs)
+                    eps_hat = self._epsilon(self.net(x, tau, obs), x, alpha_bar)
             else:
-                def denoise(z: torch.Tensor, _tau: torch.Tensor = tau) -> torch.Tensor:
-                    return self.net(z, _tau, obs)
+                def denoise(z: torch.Tensor, _tau: torch.Tensor = tau, _ab: torch.Tensor = alpha_bar) -> torch.Tensor:
+                    return self._epsilon(self.net(z, _tau, obs), z, _ab)
 
-                alpha_bar = alphas_cumprod[int(t)].expand(b).to(torch.float32)
                 eps_hat = guide.diffusion_epsilon(x, alpha_bar, denoise).detach()
             x = scheduler.step(eps_hat, int(t), x, eta=0.0).prev_sample
         x = x.clamp(-ACTION_CLIP_STD, ACTION_CLIP_STD)

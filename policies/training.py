@@ -127,6 +127,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--num-steps", type=int, default=None, help="default denoising steps at inference")
+    parser.add_argument("--prediction", choices=("epsilon", "v_prediction"), default="epsilon",
+                        help="diffusion only: what the network predicts")
     parser.add_argument("--future-offset-max", type=int, default=0, help="VLASH offset training: delta ~ U{0..K}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -159,7 +161,8 @@ def main(args: argparse.Namespace) -> int:
         num_steps=int(args.num_steps or DEFAULT_NUM_STEPS[family]),
         hidden=args.hidden,
         future_offset_max=args.future_offset_max,
-        extra={"episodes": args.episodes, "samples": len(demos), "seed": args.seed, "action_noise_std": task.action_noise_std},
+        extra={"episodes": args.episodes, "samples": len(demos), "seed": args.seed, "action_noise_std": task.action_noise_std,
+               **({"prediction_type": args.prediction} if family == "diffusion" else {})},
         **stats,
     )
     if args.epochs is not None:

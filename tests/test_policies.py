@@ -206,3 +206,36 @@ def test_every_shipped_checkpoint_loads_samples_and_is_small(stem):
     assert weights.stat().st_size < 5 * 1024 * 1024
     chunks = policy.sample(torch.tensor([policy.config.state_mean]))
     assert chunks.shape == (1, policy.config.horizon, policy.config.action_dim)
+
+
+def make_v_policy():
+    config = make_config("diffusion", 5)
+    config.extra["prediction_type"] = "v_prediction"
+    torch.manual_seed(0)
+    return build_policy(config)
+
+
+def test_v_prediction_output_converts_back_to_the_noise_that_made_the_sample():
+    policy = make_v_policy()
+    x0, eps = torch.randn(4, H, A), torch.randn(4, H, A)
+    t = torch.tensor([0, 30, 60, 90])
+    x_t = policy.train_scheduler.add_noise(x0, eps, t)
+    v = policy.train_scheduler.get_velocity(x0, eps, t)
+    alpha_bar = policy.train_scheduler.alphas_cumprod[t]
+    torch.testing.assert_close(policy._epsilon(v, x_t, alpha_bar), eps, rtol=1e-4, atol=1e-4)
+
+
+def test_v_prediction_policy_samples_and_a_pass_through_guide_changes_nothing():
+    policy = make_v_policy()
+    state = torch.randn(3, S)
+    plain = policy.sample(state, generator=torch.Generator().manual_seed(1))
+    guided = policy.sample(state, guide=CountingGuide(), generator=torch.Generator().manual_seed(1))
+    assert plain.shape == (3, H, A)
+    torch.testing.assert_close(guided, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_an_unknown_prediction_type_is_refused():
+    config = make_config("diffusion")
+    config.extra["prediction_type"] = "sample"
+    with pytest.raises(ValueError):
+        build_policy(config)
