@@ -179,10 +179,12 @@ class RealtimeSessionState:
             inputs.update(prev_chunk=shifted, d=d, s=s_mask, future_state=settings.future_state,
                           beta=settings.beta, schedule=settings.schedule)
         budget_s = self._budget_s(tick, prev if covered else None, prev_start)
-        # Batch with other robots only as long as the chunk still arrives within the delay
-        # this request assumes (d ticks, at least one); a robot that holds (sync, or no plan
-        # yet) waits for every millisecond, so it is served at once.
-        target_s = max(1, d) / settings.control_hz if covered and settings.strategy != "sync" else None
+        # Batch with other robots only while the chunk still arrives within the delay this
+        # request assumes. The round trip is measured in whole ticks and the reply is merged
+        # on the tick after it lands, so holding for all d ticks would make the next
+        # measured delay d + 1 and ratchet d up to H/2: hold for d - 1 ticks at most. A
+        # robot that holds (sync, or no plan yet) waits for every millisecond: no holding.
+        target_s = (d - 1) / settings.control_hz if covered and settings.strategy != "sync" and d > 1 else None
         return PreparedRequest(request_id=request_id, tick=tick, inputs=inputs, budget_s=budget_s,
                                target_s=target_s, d=d, s=s)
 

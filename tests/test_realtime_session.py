@@ -115,11 +115,22 @@ def test_an_observation_without_a_tick_is_refused():
     assert err.value.code == "missing_field"
 
 
-def test_batching_target_is_the_assumed_delay_and_none_without_a_plan():
+def test_batching_holds_a_request_for_one_tick_less_than_the_assumed_delay():
+    state = session()
+    state.completed(state.observation(observation(0, 0)), ramp_chunk())
+    state.completed(state.observation(observation(1, 4, report={"request_id": 0, "tick_sent": 0, "tick_arrived": 1})),
+                    ramp_chunk())
+    for request_id, tick in ((2, 8), (3, 12)):
+        report = {"request_id": request_id - 1, "tick_sent": tick - 4, "tick_arrived": tick - 1}
+        state.completed(state.observation(observation(request_id, tick, report=report)), ramp_chunk())
+    prepared = state.observation(observation(4, 16))
+    assert prepared.d == 3
+    assert prepared.target_s == pytest.approx(2 / 50.0)
+
+
+def test_no_batching_hold_without_a_plan_or_at_a_delay_of_one_tick():
     state = session()
     first = state.observation(observation(0, 0))
     assert first.target_s is None  # the robot has nothing to execute: serve it at once
     state.completed(first, ramp_chunk())
-    later = state.observation(observation(1, 4))
-    assert later.target_s == pytest.approx(max(1, later.d) / 50.0)
-    assert later.target_s < later.budget_s
+    assert state.observation(observation(1, 4)).target_s is None  # d <= 1: no time to wait
