@@ -66,7 +66,7 @@ class TrainedPolicyExecutor:
             x = item.inputs
             realtime = x.get("prev_chunk") is not None
             key = (realtime, realtime and bool(x.get("future_state")), item.degraded,
-                   float(x.get("beta", 5.0)), str(x.get("schedule", "exp")))
+                   float(x.get("beta", 1.0)), str(x.get("schedule", "exp")))
             groups[key].append(i)
         out: list[Any] = [None] * len(items)
         for (realtime, future, degraded, beta, schedule), index in groups.items():

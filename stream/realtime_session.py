@@ -35,7 +35,7 @@ class RealtimeSettings:
     strategy: str = "rtc"
     control_hz: float = 50.0
     future_state: bool = False
-    beta: float = 5.0
+    beta: float = 1.0  # what `headway bench rtc` found best for H = 16 (docs/robotics.md)
     s: int | None = None  # None: chosen per request from d
     s_min: int = 4
     schedule: str = "exp"
@@ -132,7 +132,7 @@ class RealtimeSessionState:
             strategy=_choice(message, "strategy", "rtc", STRATEGIES),
             control_hz=_number(message, "control_hz", self.model_hz, 1.0, 1000.0),
             future_state=_flag(message, "future_state", False),
-            beta=_number(message, "beta", 5.0, 0.0, 100.0),
+            beta=_number(message, "beta", RealtimeSettings.beta, 0.0, 100.0),
             s=s,
             schedule=_choice(message, "schedule", "exp", SCHEDULES),
             degrade=_flag(message, "degrade", True),
