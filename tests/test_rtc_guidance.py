@@ -86,7 +86,7 @@ def test_guidance_pulls_an_independent_sample_onto_the_frozen_prefix(family):
                          generator=torch.Generator().manual_seed(3))
     err_plain = (plain[:, :3] - prev[:, :3]).norm(dim=-1).mean().item()
     err_rtc = (out[:, :3] - prev[:, :3]).norm(dim=-1).mean().item()
-    assert err_rtc < 0.25 * err_plain
+    assert err_rtc < 0.35 * err_plain
 
 
 def test_guide_with_per_item_d_equals_each_item_guided_alone():
@@ -117,7 +117,7 @@ def test_batch_with_per_item_delays_freezes_each_items_own_prefix(family):
     err = (out[:, 2:4] - prev[:, 2:4]).norm(dim=-1).mean(dim=1)
     err_plain = (plain[:, 2:4] - prev[:, 2:4]).norm(dim=-1).mean(dim=1)
     frozen = d == 4
-    assert bool((err[frozen] < 0.25 * err_plain[frozen]).all())
+    assert bool((err[frozen] < 0.35 * err_plain[frozen]).all())
     assert bool((err[~frozen] > 0.5 * err_plain[~frozen]).all())
 
 
