@@ -129,3 +129,32 @@ def test_replies_to_abandoned_requests_are_never_executed():
     assert loop.stats.timeouts >= 3
     assert loop.stats.chunks == 0
     assert robot.applied == []
+
+
+@pytest.mark.filterwarnings("ignore:connect\\(\\) must be used:DeprecationWarning")
+def test_openpi_broker_at_root_and_a_realtime_robot_share_one_trained_policy_server():
+    from openpi_client.action_chunk_broker import ActionChunkBroker
+    from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+    from clients.sim_robot import SimRobot
+
+    with ServerProcess(["--model", "whack"]) as whack:
+        link = WebsocketPolicyLink(whack.url("/v1/policy"), {"strategy": "rtc", "future_state": True})
+        try:
+            meta = link.wait_ready()["model"]
+            realtime_robot = SimRobot("whack", seed=1)
+            loop = RobotLoop(realtime_robot, link, action_dim=meta["action_dim"], hz=50.0,
+                             on_underrun=realtime_robot.hold_action)
+            loop.start()
+            policy = WebsocketClientPolicy("127.0.0.1", whack.port)
+            assert policy.get_server_metadata()["action_horizon"] == meta["horizon"] == 16
+            broker = ActionChunkBroker(policy, action_horizon=8)  # synchronous chunking
+            sync_robot = SimRobot("whack", seed=2)
+            for _ in range(40):
+                action = broker.infer(sync_robot.observe())["actions"]
+                assert action.shape == (2,) and np.isfinite(action).all()
+                sync_robot.apply(action)
+            assert wait_for(lambda: loop.stats.chunks > 5)
+        finally:
+            loop.stop()
+            link.close()
