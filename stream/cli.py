@@ -15,7 +15,7 @@ import sys
 COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("serve",), "stream.serve", "serve models over websockets"),
     (("demo",), "stream.demo", "serve the shipped policy and drive a simulated robot against it"),
-    (("train", "policy"), "policies.training", "collect expert demonstrations and train an action-chunk policy"),
+    (("train", "policy"), "clients.sim.train", "collect expert demonstrations and train an action-chunk policy"),
     (("bench", "load"), "benchmarks.load", "open-loop load test of a server; prints JSON"),
     (("bench", "rtc"), "benchmarks.rtc", "execution-strategy sweep over tasks and delays; prints JSON"),
     (("bench", "sampler"), "benchmarks.sampler", "time plain, RTC-guided and warm-started sampling; prints JSON"),

@@ -47,7 +47,7 @@ import itertools
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Protocol, Sequence
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,8 @@ from clients.sim import make_task
 from clients.sim.demonstrations import collect_demonstrations
 from policies.base import PolicyConfig, checkpoint_paths
 from policies.checkpoint import load_policy
-from policies.training import add_arguments, fit_statistics, main, train_policy
+from clients.sim.train import add_arguments, main
+from policies.training import fit_statistics, train_policy
 
 
 @pytest.fixture(autouse=True, scope="module")
