@@ -28,16 +28,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from benchmarks.server_process import ServerProcess
 
 from clients import wire
 
@@ -150,30 +148,11 @@ async def drive(url: str, args: argparse.Namespace, expect) -> Tally:
     return tally
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    command = [sys.executable, "-m", "stream.cli", "serve", "--model", args.model, "--port", str(port),
-               "--standin-ms", str(args.standin_ms), "--budget-ms", str(args.budget_ms),
-               "--capacity", str(max(256, args.clients)), "--log-level", "WARNING", *args.server_arg]
-    process = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
-                if response.status == 200:
-                    return process, f"ws://127.0.0.1:{port}/"
-        except OSError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("server did not come up within 60 s")
+def server_for(args: argparse.Namespace) -> ServerProcess:
+    """The ``headway serve`` this benchmark starts when no ``--url`` is given."""
+    return ServerProcess(["--model", args.model, "--standin-ms", str(args.standin_ms),
+                          "--budget-ms", str(args.budget_ms), "--capacity", str(max(256, args.clients)),
+                          *args.server_arg])
 
 
 def summarize(tally: Tally, args: argparse.Namespace, wall_s: float) -> dict:
@@ -209,15 +188,16 @@ def summarize(tally: Tally, args: argparse.Namespace, wall_s: float) -> dict:
 def main(args: argparse.Namespace) -> int:
     import uvloop
 
-    process = None
+    server = None
     url = args.url
     expect = None
     if url is None:
         try:
-            process, url = start_server(args)
+            server = server_for(args).start()
         except RuntimeError as exc:
             print(f"headway bench load: {exc}", file=sys.stderr)
             return 2
+        url = server.url("/")
         if args.model == "standin":
             from policies.standin import standin_actions
 
@@ -231,11 +211,7 @@ def main(args: argparse.Namespace) -> int:
             tally = runner.run(drive(url, args, expect))
         wall = time.perf_counter() - start
     finally:
-        if process is not None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        if server is not None:
+            server.stop(timeout_s=30)
     print(json.dumps(summarize(tally, args, wall)))
     return 0
