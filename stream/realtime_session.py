@@ -15,6 +15,7 @@ closes with 1008); a request the robot would receive too late is answered
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -108,6 +109,10 @@ class RealtimeSessionState:
         self.delay = DelayEstimator(DelayEstimatorConfig(horizon=horizon))
         self.last_chunk: np.ndarray | None = None  # [H, A], index 0 applies at last_start
         self.last_start = 0
+        # Server-side seconds of recent requests, and how much of each reported round trip
+        # was spent outside the server (network, the client's tick quantization).
+        self._server_s: dict[int, float] = {}
+        self._outside_s: deque[float] = deque(maxlen=8)
         self._chunk_field = ArrayField(("float32", "float64"), (None, action_dim), cast="float32",
                                        max_size=horizon)
 
@@ -157,6 +162,9 @@ class RealtimeSessionState:
             if arrived < sent or arrived > tick:
                 raise ProtocolError("bad_shape", "report: need tick_sent <= tick_arrived <= tick")
             self.delay.observe_round_trip(sent, arrived)
+            served = self._server_s.pop(report.get("request_id"), None)
+            if served is not None:
+                self._outside_s.append((arrived - sent) / self.settings.control_hz - served)
         prev, prev_start = self.last_chunk, self.last_start
         if message.get("prev_chunk") is not None:  # stateless client: it sends its plan back
             prev = self._chunk_field.validate("prev_chunk", message["prev_chunk"])
@@ -179,14 +187,24 @@ class RealtimeSessionState:
             inputs.update(prev_chunk=shifted, d=d, s=s_mask, future_state=settings.future_state,
                           beta=settings.beta, schedule=settings.schedule)
         budget_s = self._budget_s(tick, prev if covered else None, prev_start)
-        # Batch with other robots only while the chunk still arrives within the delay this
-        # request assumes. The round trip is measured in whole ticks and the reply is merged
-        # on the tick after it lands, so holding for all d ticks would make the next
-        # measured delay d + 1 and ratchet d up to H/2: hold for d - 1 ticks at most. A
-        # robot that holds (sync, or no plan yet) waits for every millisecond: no holding.
-        target_s = (d - 1) / settings.control_hz if covered and settings.strategy != "sync" and d > 1 else None
+        target_s = self._batching_target_s(d) if covered and settings.strategy != "sync" else None
         return PreparedRequest(request_id=request_id, tick=tick, inputs=inputs, budget_s=budget_s,
                                target_s=target_s, d=d, s=s)
+
+    def _batching_target_s(self, d: int) -> float | None:
+        """How long the server may take on this request, holding it to batch with other
+        robots, so that the chunk still arrives within the d ticks it assumes.
+
+        A round trip is what the server takes plus what happens outside it (network, the
+        wait for the client's next tick), and d is measured from round trips: a server that
+        took all of d ticks would make the next measured d larger, and d would ratchet up
+        to H/2. So the target is d ticks less the largest recent outside time (one tick
+        until one is known) less a small guard; None when nothing is left to wait for.
+        """
+        tick_s = 1.0 / self.settings.control_hz
+        outside = max(self._outside_s, default=tick_s)
+        target = d * tick_s - outside - 0.002
+        return target if target > 0.0 else None
 
     def _budget_s(self, tick: int, prev: np.ndarray | None, prev_start: int) -> float:
         """Until the robot runs out of planned actions, less ``margin_ticks``; the hello's
@@ -200,8 +218,12 @@ class RealtimeSessionState:
         remaining = prev_start + len(prev) - tick
         return max(1, remaining - settings.margin_ticks) * tick_s
 
-    def completed(self, prepared: PreparedRequest, chunk: np.ndarray) -> dict[str, Any]:
-        """Record the chunk sent for ``prepared``; returns the reply's fields."""
+    def completed(self, prepared: PreparedRequest, chunk: np.ndarray, server_s: float = 0.0) -> dict[str, Any]:
+        """Record the chunk sent for ``prepared`` (``server_s``: arrival to reply, seconds);
+        returns the reply's fields."""
+        if len(self._server_s) >= 32:  # reports never came (reset, reconnect): forget the oldest
+            self._server_s.pop(next(iter(self._server_s)))
+        self._server_s[prepared.request_id] = server_s
         self.last_chunk = np.asarray(chunk, dtype=np.float32)
         self.last_start = prepared.tick
         return {"request_id": prepared.request_id, "actions": self.last_chunk, "start_tick": prepared.tick,

@@ -341,7 +341,8 @@ class RealtimePolicySession(OpenpiSession):
                 prepared.target_s, prepared)
 
     def _reply(self, item: _Pending, result: Result, timing: dict[str, Any]) -> dict[str, Any]:
-        return {"type": "chunk", **self.state.completed(item.context, result.output),
+        server_s = (time.monotonic_ns() - item.arrival_ns) / 1e9
+        return {"type": "chunk", **self.state.completed(item.context, result.output, server_s),
                 "degraded": result.degraded, "timing": timing}
 
     def _error_fields(self, item: _Pending) -> dict[str, Any]:

@@ -115,17 +115,18 @@ def test_an_observation_without_a_tick_is_refused():
     assert err.value.code == "missing_field"
 
 
-def test_batching_holds_a_request_for_one_tick_less_than_the_assumed_delay():
+def test_batching_leaves_room_for_the_time_spent_outside_the_server():
     state = session()
-    state.completed(state.observation(observation(0, 0)), ramp_chunk())
-    state.completed(state.observation(observation(1, 4, report={"request_id": 0, "tick_sent": 0, "tick_arrived": 1})),
-                    ramp_chunk())
-    for request_id, tick in ((2, 8), (3, 12)):
-        report = {"request_id": request_id - 1, "tick_sent": tick - 4, "tick_arrived": tick - 1}
-        state.completed(state.observation(observation(request_id, tick, report=report)), ramp_chunk())
-    prepared = state.observation(observation(4, 16))
-    assert prepared.d == 3
-    assert prepared.target_s == pytest.approx(2 / 50.0)
+    state.completed(state.observation(observation(0, 0)), ramp_chunk(), server_s=0.010)
+    for request_id, tick in ((1, 4), (2, 8), (3, 12)):
+        # every round trip took 5 ticks (100 ms), of which the server took 10 ms: a slow network
+        report = {"request_id": request_id - 1, "tick_sent": tick - 4, "tick_arrived": tick + 1}
+        prepared = state.observation(observation(request_id, tick + 1, report=report))
+        state.completed(prepared, ramp_chunk(), server_s=0.010)
+    prepared = state.observation(observation(4, 17))
+    assert prepared.d == 5
+    # 5 ticks (100 ms) less 90 ms outside less a 2 ms guard: the server may take 8 ms
+    assert prepared.target_s == pytest.approx(0.008)
 
 
 def test_no_batching_hold_without_a_plan_or_at_a_delay_of_one_tick():
