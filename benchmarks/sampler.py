@@ -10,8 +10,9 @@ For every shipped checkpoint (``models/checkpoints/<task>_<family>``) and batch 
 * ``rti_ms``: ``chunking.rti.warm_start_chunk`` from the previous chunk (the last 40% of
   the denoising steps only),
 
-each the median over ``--reps`` calls after ``--warmup`` untimed ones, on ``--threads``
-torch threads. Prints ONE JSON array on stdout, a row per (checkpoint, batch), with
+each the median over ``--reps`` calls after ``--warmup`` untimed ones (the three timed in
+turn within every repetition, so that load from other processes falls on all alike), on
+``--threads`` torch threads. Prints ONE JSON array on stdout, a row per (checkpoint, batch), with
 ``policy``, ``task``, ``batch``, ``num_steps``, ``rti_steps``, ``plain_ms``, ``rtc_ms``,
 ``rti_ms`` and the ratios ``rtc_over_plain`` (target <= 3) and ``rti_over_plain``
 (target <= 0.5). Timings are wall-clock on a shared machine: run it alone.
@@ -29,22 +30,26 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 16])
-    parser.add_argument("--reps", type=int, default=30, help="timed calls per measurement (median)")
+    parser.add_argument("--reps", type=int, default=50, help="timed calls per measurement (median)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="also write DIR/sampler.json")
     parser.add_argument("--checkpoints", type=Path, default=None)
 
 
-def _median_ms(fn, reps: int, warmup: int) -> float:
+def _interleaved_median_ms(fns: list, reps: int, warmup: int) -> list[float]:
+    """Median ms per function, timing them in turn within every repetition so that load
+    from other processes on a shared machine falls on all of them alike."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000.0
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(ts) * 1000.0 for ts in times]
 
 
 def main(args: argparse.Namespace) -> int:
@@ -85,9 +90,7 @@ def main(args: argparse.Namespace) -> int:
                 with torch.inference_mode():
                     warm_start_chunk(policy, state, prev, has, RTIConfig(), generator=gen)
 
-            plain_ms = _median_ms(plain, args.reps, args.warmup)
-            rtc_ms = _median_ms(rtc, args.reps, args.warmup)
-            rti_ms = _median_ms(rti, args.reps, args.warmup)
+            plain_ms, rtc_ms, rti_ms = _interleaved_median_ms([plain, rtc, rti], args.reps, args.warmup)
             row = {
                 "policy": family, "task": task, "batch": batch, "num_steps": c.num_steps,
                 "rti_steps": rti_steps(RTIConfig(), c.num_steps),

@@ -134,7 +134,7 @@ class RealTimeChunkingGuide:
     def _vjp(self, x: torch.Tensor, denoise: Denoise, estimate) -> tuple[torch.Tensor, torch.Tensor]:
         """(network output, g = eᵀ ∂x̂/∂x) where x̂ = estimate(x, output)."""
         with torch.inference_mode(False), torch.enable_grad():
-            x_in = x.detach().clone().requires_grad_(True)
+            x_in = (x.clone() if x.is_inference() else x.detach()).requires_grad_(True)
             out = denoise(x_in)
             x_hat = estimate(x_in, out)
             error = self.weights[..., None] * (self.target - x_hat)
@@ -148,6 +148,10 @@ class RealTimeChunkingGuide:
         batch = x.shape[0]
         tau_b = _per_item(tau, batch, x)
         v, g = self._vjp(x, denoise, lambda xi, vi: xi + (1.0 - tau_b) * vi)
+        if tau_b.numel() == 1:  # batch of one: a Python scalar saves a handful of tiny kernels per step
+            t = float(tau_b)
+            w_scalar = min(self.beta, (t * t + (1 - t) ** 2) / (t * (1 - t))) if 0.0 < t < 1.0 else self.beta
+            return v + w_scalar * g
         w = _per_item(flow_guidance_weight(tau_b.reshape(batch), self.beta), batch, x)
         return v + w * g
 
