@@ -11,7 +11,8 @@ For every shipped checkpoint (``models/checkpoints/<task>_<family>``) and batch 
   the denoising steps only),
 
 each the median over ``--reps`` calls after ``--warmup`` untimed ones (the three timed in
-turn within every repetition, so that load from other processes falls on all alike), on
+turn, in a shuffled order, within every repetition, so that load from other processes and
+cache effects fall on all alike), on
 ``--threads`` torch threads. Prints ONE JSON array on stdout, a row per (checkpoint, batch), with
 ``policy``, ``task``, ``batch``, ``num_steps``, ``rti_steps``, ``plain_ms``, ``rtc_ms``,
 ``rti_ms`` and the ratios ``rtc_over_plain`` (target <= 3) and ``rti_over_plain``
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import time
@@ -44,10 +46,13 @@ def _interleaved_median_ms(fns: list, reps: int, warmup: int) -> list[float]:
         for fn in fns:
             fn()
     times: list[list[float]] = [[] for _ in fns]
+    order = list(range(len(fns)))
+    rng = random.Random(0)
     for _ in range(reps):
-        for i, fn in enumerate(fns):
+        rng.shuffle(order)  # no function always runs right after another (cache effects)
+        for i in order:
             start = time.perf_counter()
-            fn()
+            fns[i]()
             times[i].append(time.perf_counter() - start)
     return [statistics.median(ts) * 1000.0 for ts in times]
 
