@@ -3,7 +3,8 @@
 The loop never waits for the network. Each tick it (1) merges any chunk that arrived,
 (2) observes the robot, (3) asks for the next chunk when ``s`` actions of the current one
 have run, (4) executes the action planned for this tick, or holds when none is planned
-(an *underrun*, counted). Requests and replies go through a ``PolicyLink``: anything with
+(an *underrun*, counted; before the first chunk of a session or episode the robot is
+not commanded at all). Requests and replies go through a ``PolicyLink``: anything with
 non-blocking ``request``/``poll``/``abandon`` (``clients.policy_link.WebsocketPolicyLink``
 talks to a Headway server's ``/v1/policy``).
 
@@ -58,7 +59,8 @@ class ChunkReply:
 class PolicyLink(Protocol):
     def request(self, request_id: int, tick: int, observation: dict[str, np.ndarray], report: dict[str, int] | None) -> None:
         """Send an observation captured at ``tick``; must not block. ``report`` tells the server
-        when the previous chunk arrived: ``{"request_id", "tick_sent", "tick_arrived"}``."""
+        when the previous chunk arrived and where its index 0 fell on the robot's timeline:
+        ``{"request_id", "tick_sent", "tick_arrived", "plan_start"}``."""
         ...
 
     def poll(self) -> list[ChunkReply | RequestFailed]:
@@ -165,11 +167,13 @@ class RobotLoop:
             self.link.request(request_id, t, observation, self._report)
             self._outstanding = (request_id, t)
         action = self.buffer.pop(t)
-        if action is None:
-            if self._started:
-                self.stats.underruns += 1
-            else:
-                self.stats.warmup_ticks += 1
+        if action is None and not self._started:
+            # No chunk yet for this session or episode: the robot is not commanded at all
+            # (it stands by, as a real robot does before its first command; a simulated
+            # world does not advance), so every strategy starts from the same place.
+            self.stats.warmup_ticks += 1
+        elif action is None:
+            self.stats.underruns += 1
             action = self.on_underrun(self._last_action)
             if action is not None:
                 self.buffer.record_held(action)
@@ -219,7 +223,11 @@ class RobotLoop:
             self.stats.batch_sizes.append(reply.timing["batch_size"])
         if arrival.seam_jerk is not None:
             self.stats.seam_jerk.append(arrival.seam_jerk)
-        self._report = {"request_id": reply.request_id, "tick_sent": sent, "tick_arrived": now}
+        # Where the chunk's index 0 really falls on the robot's timeline: later than its start
+        # tick when the robot was holding (ticks without a plan consume no actions). The
+        # server shifts this chunk by it for the next request.
+        self._report = {"request_id": reply.request_id, "tick_sent": sent, "tick_arrived": now,
+                        "plan_start": arrival.first_tick - arrival.skipped}
         # s actions of this chunk have run at (tick of its index 0) + s; its index 0 ran, or
         # would have, at first_tick - skipped (later than start_tick if the robot was holding).
         self._next_request_tick = arrival.first_tick - arrival.skipped + max(1, reply.s)

@@ -109,6 +109,7 @@ class RealtimeSessionState:
         self.delay = DelayEstimator(DelayEstimatorConfig(horizon=horizon))
         self.last_chunk: np.ndarray | None = None  # [H, A], index 0 applies at last_start
         self.last_start = 0
+        self._last_request_id: int | None = None
         # Server-side seconds of recent requests, and how much of each reported round trip
         # was spent outside the server (network, the client's tick quantization).
         self._server_s: dict[int, float] = {}
@@ -162,6 +163,10 @@ class RealtimeSessionState:
             if arrived < sent or arrived > tick:
                 raise ProtocolError("bad_shape", "report: need tick_sent <= tick_arrived <= tick")
             self.delay.observe_round_trip(sent, arrived)
+            if "plan_start" in report and report.get("request_id") == self._last_request_id:
+                # The robot held before this chunk took over (no plan yet, or an underrun), so
+                # its index 0 ran later than the tick it was computed for.
+                self.last_start = _int(report, "plan_start", self.last_start, tick)
             served = self._server_s.pop(report.get("request_id"), None)
             if served is not None:
                 self._outside_s.append((arrived - sent) / self.settings.control_hz - served)
@@ -226,5 +231,6 @@ class RealtimeSessionState:
         self._server_s[prepared.request_id] = server_s
         self.last_chunk = np.asarray(chunk, dtype=np.float32)
         self.last_start = prepared.tick
+        self._last_request_id = prepared.request_id
         return {"request_id": prepared.request_id, "actions": self.last_chunk, "start_tick": prepared.tick,
                 "d": prepared.d, "s": prepared.s}

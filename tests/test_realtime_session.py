@@ -135,3 +135,12 @@ def test_no_batching_hold_without_a_plan_or_at_a_delay_of_one_tick():
     assert first.target_s is None  # the robot has nothing to execute: serve it at once
     state.completed(first, ramp_chunk())
     assert state.observation(observation(1, 4)).target_s is None  # d <= 1: no time to wait
+
+
+def test_a_chunk_that_started_late_on_the_robot_is_shifted_from_where_it_really_started():
+    state = session()
+    state.completed(state.observation(observation(0, 0)), ramp_chunk())
+    # the robot held until tick 3, so the chunk's index 0 ran at tick 3: at tick 7 it runs index 4
+    report = {"request_id": 0, "tick_sent": 0, "tick_arrived": 3, "plan_start": 3}
+    prepared = state.observation(observation(1, 7, report=report))
+    assert prepared.inputs["prev_chunk"][0, 0] == 4
