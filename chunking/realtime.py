@@ -13,7 +13,7 @@ switches to it at tick ``t + d`` by executing index ``d`` (``chunking.merge``).
 
 * Plain RTC (``future_state_fn`` None): the policy sees ``s_t``; guidance inpaints the
   first ``d`` actions (weight 1) and follows the old chunk over the soft-masked overlap
-  up to ``H - s`` (RTC eq. 5, ``chunking.soft_mask``).
+  up to ``H - s`` (the paper's soft mask, ``chunking.soft_mask``).
 * RTC + future state (VLASH): the policy sees ``ŝ_{t+d} = future_state_fn(s_t, pending,
   d)``, rolled through the ``d`` pending actions, so its chunk starts at tick ``t + d``.
   The guide target is the old chunk re-indexed to ``t + d`` (nothing there is frozen any

@@ -1,7 +1,8 @@
 """Real-time chunking guidance: inpaint the new chunk towards the previous one.
 
 Implements ``policies.base.StepGuide`` (the sampler calls it once per denoising step), as
-in RTC (Black, Galliker, Levine 2025, Algorithm 1; ΠGDM-style guidance, their eqs. 2-5):
+in RTC (Black, Galliker, Levine 2025, arXiv 2506.07339: Algorithm 1, ΠGDM-style guidance
+with the soft mask; names follow the paper and the Kinetix reference's ``realtime_action``):
 
 Flow policies (flow time ``tau`` from 0 = noise to 1 = data, Euler ``x <- x + dt * v``):
 
@@ -67,7 +68,8 @@ class RTCConfig:
 
 
 def flow_guidance_weight(tau: torch.Tensor, beta: float) -> torch.Tensor:
-    """``w(tau) = min(beta, (1-tau)/tau * (tau² + (1-tau)²) / (1-tau)²)`` (RTC eq. 4),
+    """``w(tau) = min(beta, (1-tau)/tau * (tau² + (1-tau)²) / (1-tau)²)`` (the paper's clipped
+    ΠGDM weight, ``r² = (1-tau)² / (tau² + (1-tau)²)``),
     simplified to ``(tau² + (1-tau)²) / (tau (1-tau))``; beta where tau is 0 or 1."""
     tau = tau.to(torch.float64)
     denom = tau * (1.0 - tau)

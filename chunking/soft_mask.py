@@ -1,4 +1,5 @@
-"""Soft prefix masks for real-time chunking (RTC paper, Black et al. 2025, eq. 5).
+"""Soft prefix masks for real-time chunking (RTC paper, Black et al. 2025, soft masking;
+``get_prefix_weights`` in the Kinetix reference).
 
 A new chunk is sampled while the previous one still executes. Index ``i`` of the new
 chunk (index 0 = the tick at which the request was made) relates to the previous chunk
