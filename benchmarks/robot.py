@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout-ticks", type=int, default=25, help="abandon a request unanswered this long")
     parser.add_argument("--url", default=None, help="server to use (default: start one)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rt-priority", type=int, default=50,
+                        help="SCHED_FIFO priority of the robots' scheduler thread, as control loops run "
+                             "(ignored without the privilege; 0 = normal scheduling)")
     parser.add_argument("--thread-per-robot", action="store_true",
                         help="run each robot's loop in a thread of its own (default: one scheduler "
                              "thread ticks every robot on its own staggered clock)")
@@ -75,9 +78,10 @@ def run_robots(url: str, args: argparse.Namespace) -> dict:
                  for robot, link in zip(robots, links)]
         started = time.monotonic()
         if args.thread_per_robot:
-            threads = [loop.start(duration_s=args.duration) for loop in loops]
+            threads = [loop.start(duration_s=args.duration, priority=args.rt_priority or None) for loop in loops]
         else:
-            threads = [threading.Thread(target=run_loops, args=(loops, args.duration), daemon=True)]
+            threads = [threading.Thread(target=run_loops, args=(loops, args.duration, None, args.rt_priority or None),
+                                        daemon=True)]
             threads[0].start()
         time.sleep(max(0.0, started + args.warmup_s - time.monotonic()))
         at_warmup = [(loop.stats.underruns, len(loop.stats.jitter_ms), robot.episodes, robot.solved,

@@ -17,6 +17,7 @@ plan and asks for a fresh chunk with ``reset`` set, so the server forgets the ol
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -234,11 +235,14 @@ class RobotLoop:
 
     # -- the clock -----------------------------------------------------------------------------
 
-    def run(self, ticks: int | None = None, duration_s: float | None = None) -> LoopStats:
+    def run(self, ticks: int | None = None, duration_s: float | None = None, priority: int | None = None) -> LoopStats:
         """Tick on a drift-free schedule (tick k at start + k/hz) until stopped or done.
 
         A late tick is run at once and the schedule is kept, so lateness never accumulates.
+        ``priority``: ask for real-time scheduling of this thread (``request_realtime_priority``).
         """
+        if priority is not None:
+            request_realtime_priority(priority)
         if ticks is None:
             ticks = int(round((duration_s or 0.0) * self.hz)) if duration_s is not None else None
         period = 1.0 / self.hz
@@ -258,9 +262,11 @@ class RobotLoop:
         self.stats.jitter_ms.append(max(0.0, time.monotonic() - target) * 1e3)
         self.step()
 
-    def start(self, ticks: int | None = None, duration_s: float | None = None) -> threading.Thread:
+    def start(self, ticks: int | None = None, duration_s: float | None = None,
+              priority: int | None = None) -> threading.Thread:
         """Run in a daemon thread of its own; ``stop()`` ends it."""
-        self._thread = threading.Thread(target=self.run, args=(ticks, duration_s), daemon=True, name="robot-loop")
+        self._thread = threading.Thread(target=self.run, args=(ticks, duration_s, priority), daemon=True,
+                                        name="robot-loop")
         self._thread.start()
         return self._thread
 
@@ -270,16 +276,31 @@ class RobotLoop:
             self._thread.join(timeout)
 
 
-def run_loops(loops: list[RobotLoop], duration_s: float, stop: threading.Event | None = None) -> None:
+def request_realtime_priority(priority: int) -> bool:
+    """Ask the OS to schedule the calling thread first (Linux ``SCHED_FIFO`` at ``priority``,
+    1..99), as control loops usually run; True when granted. Without the privilege (no root,
+    no ``CAP_SYS_NICE``) the thread keeps its normal priority and this returns False."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        return True
+    except (AttributeError, OSError):
+        return False
+
+
+def run_loops(loops: list[RobotLoop], duration_s: float, stop: threading.Event | None = None,
+              priority: int | None = None) -> None:
     """Run several robots' loops from one thread, each on its own drift-free schedule.
 
     Robot ``i`` ticks at ``start + i * period / n + k / hz``: the robots' clocks are
     staggered as independent robots' are, and each tick runs when due. One thread instead
     of one per robot keeps many simulated robots in one Python process from fighting over
     the interpreter lock; a real robot runs ``RobotLoop.start`` on its own machine.
+    ``priority``: ask for real-time scheduling of this thread (``request_realtime_priority``).
     """
     import heapq
 
+    if priority is not None:
+        request_realtime_priority(priority)
     start = time.monotonic()
     end = start + duration_s
     first = [start + i / (loop.hz * len(loops)) for i, loop in enumerate(loops)]
