@@ -61,7 +61,7 @@ class PolicyLink(Protocol):
     def request(self, request_id: int, tick: int, observation: dict[str, np.ndarray], report: dict[str, int] | None) -> None:
         """Send an observation captured at ``tick``; must not block. ``report`` tells the server
         when the previous chunk arrived and where its index 0 fell on the robot's timeline:
-        ``{"request_id", "tick_sent", "tick_arrived", "plan_start"}``."""
+        ``{"request_id", "tick_sent", "tick_arrived", "plan_start", "rtt_ms"}``."""
         ...
 
     def poll(self) -> list[ChunkReply | RequestFailed]:
@@ -138,6 +138,7 @@ class RobotLoop:
         self.tick = 0
         self._next_request_id = 0
         self._outstanding: tuple[int, int] | None = None  # (request_id, tick sent)
+        self._sent_at = 0.0  # monotonic time the outstanding request was sent
         self._report: dict[str, int] | None = None
         self._next_request_tick = 0
         self._last_action: np.ndarray | None = None
@@ -165,6 +166,7 @@ class RobotLoop:
             if self._reset_pending:
                 observation = {**observation, "reset": True}
                 self._reset_pending = False
+            self._sent_at = time.monotonic()
             self.link.request(request_id, t, observation, self._report)
             self._outstanding = (request_id, t)
         action = self.buffer.pop(t)
@@ -227,8 +229,12 @@ class RobotLoop:
         # Where the chunk's index 0 really falls on the robot's timeline: later than its start
         # tick when the robot was holding (ticks without a plan consume no actions). The
         # server shifts this chunk by it for the next request.
+        # The round trip in milliseconds on this machine's clock, with poll granularity: the
+        # server subtracts its own time to learn how long the network takes (durations on
+        # each machine's own clock; no clocks are compared).
         self._report = {"request_id": reply.request_id, "tick_sent": sent, "tick_arrived": now,
-                        "plan_start": arrival.first_tick - arrival.skipped}
+                        "plan_start": arrival.first_tick - arrival.skipped,
+                        "rtt_ms": round((time.monotonic() - self._sent_at) * 1e3, 3)}
         # s actions of this chunk have run at (tick of its index 0) + s; its index 0 ran, or
         # would have, at first_tick - skipped (later than start_tick if the robot was holding).
         self._next_request_tick = arrival.first_tick - arrival.skipped + max(1, reply.s)

@@ -110,8 +110,8 @@ class RealtimeSessionState:
         self.last_chunk: np.ndarray | None = None  # [H, A], index 0 applies at last_start
         self.last_start = 0
         self._last_request_id: int | None = None
-        # Server-side seconds of recent requests, and how much of each reported round trip
-        # was spent outside the server (network, the client's tick quantization).
+        # Server-side seconds of recent requests, and how much of each round trip the client
+        # measured (on its own clock) was spent outside the server: the network.
         self._server_s: dict[int, float] = {}
         self._outside_s: deque[float] = deque(maxlen=8)
         self._chunk_field = ArrayField(("float32", "float64"), (None, action_dim), cast="float32",
@@ -168,8 +168,10 @@ class RealtimeSessionState:
                 # its index 0 ran later than the tick it was computed for.
                 self.last_start = _int(report, "plan_start", self.last_start, tick)
             served = self._server_s.pop(report.get("request_id"), None)
-            if served is not None:
-                self._outside_s.append((arrived - sent) / self.settings.control_hz - served)
+            rtt_ms = report.get("rtt_ms")
+            if served is not None and isinstance(rtt_ms, (int, float)) and not isinstance(rtt_ms, bool) \
+                    and 0.0 <= rtt_ms <= 60_000.0:
+                self._outside_s.append(max(0.0, rtt_ms / 1000.0 - served))
         prev, prev_start = self.last_chunk, self.last_start
         if message.get("prev_chunk") is not None:  # stateless client: it sends its plan back
             prev = self._chunk_field.validate("prev_chunk", message["prev_chunk"])
@@ -198,17 +200,18 @@ class RealtimeSessionState:
 
     def _batching_target_s(self, d: int) -> float | None:
         """How long the server may take on this request, holding it to batch with other
-        robots, so that the chunk still arrives within the d ticks it assumes.
+        robots, so that the chunk still lands within the d ticks it assumes.
 
-        A round trip is what the server takes plus what happens outside it (network, the
-        wait for the client's next tick), and d is measured from round trips: a server that
-        took all of d ticks would make the next measured d larger, and d would ratchet up
-        to H/2. So the target is d ticks less the largest recent outside time (one tick
-        until one is known) less a small guard; None when nothing is left to wait for.
+        The client sends at the start of tick t and merges a reply at the first tick after
+        it lands, so a reply that lands before t + d ticks is merged at t + d. d is measured
+        from those round trips: a server that took longer would make the next measured d
+        larger, and d would ratchet up to H/2. So the target is d ticks less the largest
+        recent network time (one tick until one is known) less a 3 ms guard for late ticks;
+        None when nothing is left to wait for.
         """
         tick_s = 1.0 / self.settings.control_hz
-        outside = max(self._outside_s, default=tick_s)
-        target = d * tick_s - outside - 0.002
+        network = max(self._outside_s, default=tick_s)
+        target = d * tick_s - network - 0.003
         return target if target > 0.0 else None
 
     def _budget_s(self, tick: int, prev: np.ndarray | None, prev_start: int) -> float:
