@@ -13,7 +13,9 @@ The messages are those of ``docs/protocol.md`` (section ``/v1/policy``).
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -177,8 +179,8 @@ class WebsocketPolicyLink:
                     self.connects += 1
                     self._ready.set()
                     delay = self.backoff_s[0]
-                    async for frame in ws:
-                        self._on_message(epoch, unpackb(frame) if isinstance(frame, bytes) else frame)
+                    async for frame in ws:  # errors come as JSON text frames, chunks as binary
+                        self._on_message(epoch, unpackb(frame) if isinstance(frame, bytes) else json.loads(frame))
                         if self._ws is not ws:
                             break
             except PolicyServerError as exc:
@@ -205,6 +207,7 @@ class WebsocketPolicyLink:
                 d=int(message["d"]),
                 s=int(message["s"]),
                 timing=dict(message.get("timing") or {}),
+                received_at=time.monotonic() + self.inject_s / 2,
             )
             if self.inject_s:
                 self.hub.loop.call_later(self.inject_s / 2, self._deliver, epoch, reply)

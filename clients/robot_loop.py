@@ -55,6 +55,7 @@ class ChunkReply:
     d: int  # inference delay the server assumed, ticks
     s: int  # execution horizon: ask again after s actions of this chunk
     timing: dict[str, float] = field(default_factory=dict)
+    received_at: float | None = None  # time.monotonic() when the reply came off the wire
 
 
 class PolicyLink(Protocol):
@@ -229,12 +230,12 @@ class RobotLoop:
         # Where the chunk's index 0 really falls on the robot's timeline: later than its start
         # tick when the robot was holding (ticks without a plan consume no actions). The
         # server shifts this chunk by it for the next request.
-        # The round trip in milliseconds on this machine's clock, with poll granularity: the
-        # server subtracts its own time to learn how long the network takes (durations on
-        # each machine's own clock; no clocks are compared).
+        # The round trip in milliseconds on this machine's clock, to the moment the reply came
+        # off the wire: the server subtracts its own time to learn how long the network
+        # takes (durations on each machine's own clock; no clocks are compared).
         self._report = {"request_id": reply.request_id, "tick_sent": sent, "tick_arrived": now,
                         "plan_start": arrival.first_tick - arrival.skipped,
-                        "rtt_ms": round((time.monotonic() - self._sent_at) * 1e3, 3)}
+                        "rtt_ms": round(((reply.received_at or time.monotonic()) - self._sent_at) * 1e3, 3)}
         # s actions of this chunk have run at (tick of its index 0) + s; its index 0 ran, or
         # would have, at first_tick - skipped (later than start_tick if the robot was holding).
         self._next_request_tick = arrival.first_tick - arrival.skipped + max(1, reply.s)

@@ -158,3 +158,19 @@ def test_openpi_broker_at_root_and_a_realtime_robot_share_one_trained_policy_ser
         finally:
             loop.stop()
             link.close()
+
+
+def test_a_request_the_server_cannot_answer_in_time_fails_fast_instead_of_timing_out():
+    with ServerProcess(["--model", "standin", "--standin-ms", "50"]) as slow:
+        robot = ConstantRobot()
+        link = WebsocketPolicyLink(slow.url("/v1/policy"), {"strategy": "rtc", "budget_ms": 5})
+        try:
+            link.wait_ready()
+            loop = RobotLoop(robot, link, action_dim=14, hz=100.0, timeout_ticks=50,
+                             on_underrun=lambda last: None)
+            loop.run(ticks=60)
+        finally:
+            link.close()
+    assert loop.stats.failures >= 3  # deadline_exceeded, each asked again at once
+    assert loop.stats.timeouts == 0
+    assert link.last_error["code"] == "deadline_exceeded"
