@@ -71,6 +71,8 @@ def run_robots(url: str, args: argparse.Namespace) -> dict:
     if args.s is not None:
         hello["s"] = args.s
     links = [WebsocketPolicyLink(url, hello, inject_latency_ms=args.inject_latency) for _ in range(args.robots)]
+    if args.rt_priority:
+        links[0].hub.set_priority(max(1, args.rt_priority - 1))
     try:
         meta = [link.wait_ready(60)["model"] for link in links][0]
         robots = [SimRobot(args.task, seed=args.seed * 1000 + i) for i in range(args.robots)]

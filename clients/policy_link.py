@@ -23,7 +23,7 @@ import numpy as np
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from clients.robot_loop import ChunkReply, RequestFailed
+from clients.robot_loop import ChunkReply, RequestFailed, request_realtime_priority
 from clients.wire import packb, unpackb
 
 
@@ -44,6 +44,12 @@ class LinkHub:
             if cls._shared is None or not cls._shared.thread.is_alive():
                 cls._shared = cls()
             return cls._shared
+
+    def set_priority(self, priority: int) -> None:
+        """Real-time scheduling for the hub's thread too (``request_realtime_priority``): a
+        robot loop at real-time priority that needs the interpreter lock must not wait for a
+        hub thread that the OS preempted while holding it."""
+        self.call(request_realtime_priority, priority)
 
     def call(self, fn, *args) -> None:
         self.loop.call_soon_threadsafe(fn, *args)

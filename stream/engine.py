@@ -183,7 +183,8 @@ class _Request:
     replaceable: bool
     stream: Hashable | None
     future: asyncio.Future
-    hold_until_ns: int = 0  # the batcher may keep it queued for companions until then
+    hold_until_ns: int = 0  # the batcher may keep it queued for companions until then...
+    reply_by_ns: int | None = None  # ...or, with a soft target, until its batch must start to reply by then
     dead: bool = False  # superseded, dropped with its session, or shed
     degraded: bool = False  # set at dispatch when only the degraded estimate makes the deadline
 
@@ -243,6 +244,7 @@ class Engine:
         self._heap: list[tuple[int, int, _Request]] = []
         self._live = 0  # requests in the heap that are not dead
         self._hold_until_ns = 0  # earliest hold_until_ns of the queued requests
+        self._reply_by_ns: int | None = None  # earliest reply_by_ns of the queued requests
         self._controls: list[tuple[Callable[[Executor], Any], asyncio.Future]] = []
         self._seq = itertools.count()
         self._session_ids = itertools.count(1)
@@ -335,11 +337,11 @@ class Engine:
         arrival = now if arrival_ns is None else arrival_ns
         deadline = arrival + int(budget_s * 1e9)
         if target_s is None:
-            hold_until = arrival + self.batch_window_ns
-        else:
-            hold_until = arrival + int(target_s * 1e9) - self.latency.predict(1) - self.margin_ns
+            hold_until, reply_by = min(arrival + self.batch_window_ns, deadline), None
+        else:  # held until the batch that forms must start to answer within the target
+            hold_until, reply_by = deadline, min(arrival + int(target_s * 1e9), deadline)
         request = _Request(session, inputs, arrival, deadline, allow_degrade, replace, stream, future,
-                           hold_until_ns=min(hold_until, deadline))
+                           hold_until_ns=hold_until, reply_by_ns=reply_by)
         if self._stopping or session.closed:
             future.set_exception(EngineError("shutting_down", "server is shutting down"))
             return future
@@ -361,6 +363,11 @@ class Engine:
                 shed = False
                 if self._live == 0 or request.hold_until_ns < self._hold_until_ns:
                     self._hold_until_ns = request.hold_until_ns
+                if reply_by is not None and (self._live == 0 or self._reply_by_ns is None
+                                             or reply_by < self._reply_by_ns):
+                    self._reply_by_ns = reply_by
+                elif self._live == 0:
+                    self._reply_by_ns = None
                 heapq.heappush(self._heap, (deadline, next(self._seq), request))
                 self._live += 1
                 if replace:
@@ -440,6 +447,8 @@ class Engine:
                 if size >= self.executor.max_batch_size:
                     break
                 window_end = self._hold_until_ns
+                if self._reply_by_ns is not None:  # the batch of this size must still make it
+                    window_end = min(window_end, self._reply_by_ns - self.latency.predict(size) - self.margin_ns)
                 if now >= window_end:
                     break
                 latest_start = self._heap[0][0] - self.latency.predict(size) - self.margin_ns
@@ -465,7 +474,10 @@ class Engine:
                 else:
                     batch.append(request)
             if self._live:
-                self._hold_until_ns = min(e[2].hold_until_ns for e in self._heap if not e[2].dead)
+                live = [e[2] for e in self._heap if not e[2].dead]
+                self._hold_until_ns = min(r.hold_until_ns for r in live)
+                targets = [r.reply_by_ns for r in live if r.reply_by_ns is not None]
+                self._reply_by_ns = min(targets) if targets else None
             if batch:
                 self._busy_until_ns = now + self.latency.predict(len(batch))
             depth = self._live
