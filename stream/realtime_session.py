@@ -41,13 +41,14 @@ class RealtimeSettings:
     s_min: int = 4
     schedule: str = "exp"
     degrade: bool = True
+    batch_hold: bool = True  # let the engine hold requests to batch robots, within d
     budget_ms: float | None = None
     margin_ticks: int = 2
 
     def describe(self) -> dict[str, Any]:
         return {"strategy": self.strategy, "control_hz": self.control_hz, "future_state": self.future_state,
                 "beta": self.beta, "s": self.s, "s_min": self.s_min, "schedule": self.schedule,
-                "degrade": self.degrade, "budget_ms": self.budget_ms, "margin_ticks": self.margin_ticks}
+                "degrade": self.degrade, "batch_hold": self.batch_hold, "budget_ms": self.budget_ms, "margin_ticks": self.margin_ticks}
 
 
 @dataclass
@@ -124,7 +125,7 @@ class RealtimeSessionState:
         if message.get("type") != "hello":
             raise ProtocolError("unknown_type", "the first message on /v1/policy is a 'hello'")
         known = {"type", "model", "control_hz", "strategy", "future_state", "beta", "s", "schedule",
-                 "degrade", "budget_ms"}
+                 "degrade", "batch_hold", "budget_ms"}
         for name in message:
             if name not in known:
                 raise ProtocolError("unknown_field", f"unknown hello field {name!r} (expected: {', '.join(sorted(known))})")
@@ -142,6 +143,7 @@ class RealtimeSessionState:
             s=s,
             schedule=_choice(message, "schedule", "exp", SCHEDULES),
             degrade=_flag(message, "degrade", True),
+            batch_hold=_flag(message, "batch_hold", True),
             budget_ms=budget,
         )
         return self.settings
@@ -194,7 +196,8 @@ class RealtimeSessionState:
             inputs.update(prev_chunk=shifted, d=d, s=s_mask, future_state=settings.future_state,
                           beta=settings.beta, schedule=settings.schedule)
         budget_s = self._budget_s(tick, prev if covered else None, prev_start)
-        target_s = self._batching_target_s(d) if covered and settings.strategy != "sync" else None
+        holds = covered and settings.batch_hold and settings.strategy != "sync"
+        target_s = self._batching_target_s(d) if holds else None
         return PreparedRequest(request_id=request_id, tick=tick, inputs=inputs, budget_s=budget_s,
                                target_s=target_s, d=d, s=s)
 

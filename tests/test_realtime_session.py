@@ -144,3 +144,11 @@ def test_a_chunk_that_started_late_on_the_robot_is_shifted_from_where_it_really_
     report = {"request_id": 0, "tick_sent": 0, "tick_arrived": 3, "plan_start": 3}
     prepared = state.observation(observation(1, 7, report=report))
     assert prepared.inputs["prev_chunk"][0, 0] == 4
+
+
+def test_a_session_may_opt_out_of_batching_holds():
+    state = session(batch_hold=False)
+    state.completed(state.observation(observation(0, 0)), ramp_chunk())
+    report = {"request_id": 0, "tick_sent": 0, "tick_arrived": 1, "rtt_ms": 1.0}
+    state.completed(state.observation(observation(1, 4, report=report)), ramp_chunk(), server_s=0.0005)
+    assert state.observation(observation(2, 8)).target_s is None
