@@ -5,7 +5,7 @@
 
 Starts ``headway serve --model TASK --model standin`` (the shipped checkpoint at ``/`` and
 ``/v1/policy``; the stand-in at ``/?model=standin``), then a simulated robot whose
-``RobotLoop`` ticks at 50 Hz against ``/v1/policy`` with real-time chunking. Every
+``RobotLoop`` ticks at 50 Hz against ``/v1/policy`` with real-time chunking and future-state rollout. Every
 ``--refresh-s`` seconds it rewrites ``OUT/live.png``: the robot's last seconds of state and
 actions with every chunk seam marked, and the loop's numbers (delay d, underruns, jitter,
 solve rate). The server stays up for other clients (the README's quick starts) meanwhile.
@@ -83,7 +83,7 @@ def draw(path: Path, snap: dict, task: str, hz: float) -> None:
             axis.axvline(t / hz, color="grey", lw=0.6, ls=":")
         axis.legend(loc="upper left", fontsize=7, ncol=4)
     summary, rate = snap["summary"], snap["solve_rate"]
-    top.set_title(f"{task}: live robot against /v1/policy (rtc); dotted lines = chunk seams\n"
+    top.set_title(f"{task}: live robot against /v1/policy (rtc + future state); dotted lines = chunk seams\n"
                   f"d p50 {summary['d_p50']} ticks, underruns {summary['underruns']}, "
                   f"jitter p99 {summary['jitter_p99_ms'] or 0:.2f} ms, episodes {snap['episodes']}, "
                   f"solve rate {'-' if rate is None else f'{rate:.2f}'}", fontsize=9)
@@ -113,13 +113,14 @@ def main(args: argparse.Namespace) -> int:
     with ServerProcess(["--model", args.task, "--model", "standin"], port=args.port) as server:
         print(f"headway: serving {args.task} on {server.url('/')} and {server.url('/v1/policy')}, "
               f"the stand-in on {server.url('/?model=standin')}", flush=True)
-        link = WebsocketPolicyLink(server.url("/v1/policy"), {"strategy": "rtc"})
+        link = WebsocketPolicyLink(server.url("/v1/policy"), {"strategy": "rtc", "future_state": True})
+        link.hub.set_priority(49)
         meta = link.wait_ready()["model"]
         hz = float(meta["control_hz"])
         sim = SimRobot(args.task, seed=0)
         robot = RecordingRobot(sim, window=int(args.window_s * hz))
         loop = RobotLoop(robot, link, action_dim=meta["action_dim"], hz=hz, on_underrun=sim.hold_action)
-        loop.start(duration_s=args.duration)
+        loop.start(duration_s=args.duration, priority=50)  # SCHED_FIFO where permitted
         print(f"headway: simulated {args.task} robot running at {hz:.0f} Hz; live view in {out / 'live.png'} "
               f"(Ctrl-C stops)", flush=True)
         started = time.monotonic()
