@@ -41,7 +41,10 @@ class RealtimeSettings:
     s_min: int = 4
     schedule: str = "exp"
     degrade: bool = True
-    batch_hold: bool = True  # let the engine hold requests to batch robots, within d
+    # Let the engine hold requests to batch robots, within d. Off by default: a held request
+    # lands as late as d allows, so the measured delay never drops below the estimate and
+    # every late outlier ratchets d up for good.
+    batch_hold: bool = False
     budget_ms: float | None = None
     margin_ticks: int = 2
 
@@ -143,7 +146,7 @@ class RealtimeSessionState:
             s=s,
             schedule=_choice(message, "schedule", "exp", SCHEDULES),
             degrade=_flag(message, "degrade", True),
-            batch_hold=_flag(message, "batch_hold", True),
+            batch_hold=_flag(message, "batch_hold", False),
             budget_ms=budget,
         )
         return self.settings

@@ -116,7 +116,7 @@ def test_an_observation_without_a_tick_is_refused():
 
 
 def test_batching_leaves_room_for_the_network_time_the_client_measured():
-    state = session()
+    state = session(batch_hold=True)
     state.completed(state.observation(observation(0, 0)), ramp_chunk(), server_s=0.010)
     for request_id, tick in ((1, 4), (2, 8), (3, 12)):
         # every round trip: 5 ticks, 90 ms on the client's clock, 10 ms of it in the server
@@ -130,7 +130,7 @@ def test_batching_leaves_room_for_the_network_time_the_client_measured():
 
 
 def test_no_batching_hold_without_a_plan_or_before_the_network_time_is_known():
-    state = session()
+    state = session(batch_hold=True)
     first = state.observation(observation(0, 0))
     assert first.target_s is None  # the robot has nothing to execute: serve it at once
     state.completed(first, ramp_chunk())
@@ -146,8 +146,8 @@ def test_a_chunk_that_started_late_on_the_robot_is_shifted_from_where_it_really_
     assert prepared.inputs["prev_chunk"][0, 0] == 4
 
 
-def test_a_session_may_opt_out_of_batching_holds():
-    state = session(batch_hold=False)
+def test_batching_holds_are_off_unless_the_session_asks():
+    state = session()
     state.completed(state.observation(observation(0, 0)), ramp_chunk())
     report = {"request_id": 0, "tick_sent": 0, "tick_arrived": 1, "rtt_ms": 1.0}
     state.completed(state.observation(observation(1, 4, report=report)), ramp_chunk(), server_s=0.0005)
