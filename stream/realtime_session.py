@@ -116,7 +116,7 @@ class RealtimeSessionState:
         self._last_request_id: int | None = None
         # Server-side seconds of recent requests, and how much of each round trip the client
         # measured (on its own clock) was spent outside the server: the network.
-        self._server_s: dict[int, float] = {}
+        self._server_s: dict[int, tuple[float, float]] = {}  # request id -> (server s, held s)
         self._outside_s: deque[float] = deque(maxlen=8)
         self._chunk_field = ArrayField(("float32", "float64"), (None, action_dim), cast="float32",
                                        max_size=horizon)
@@ -167,12 +167,16 @@ class RealtimeSessionState:
             sent, arrived = _int(report, "tick_sent"), _int(report, "tick_arrived")
             if arrived < sent or arrived > tick:
                 raise ProtocolError("bad_shape", "report: need tick_sent <= tick_arrived <= tick")
-            self.delay.observe_round_trip(sent, arrived)
+            served, held = self._server_s.pop(report.get("request_id"), (None, 0.0))
+            # A round trip the server stretched on purpose (held for batching) says nothing
+            # about the delay: count it without the whole ticks it was held, or d would only
+            # ever grow (a held reply lands as late as d allows).
+            held_ticks = round(held * self.settings.control_hz)
+            self.delay.observe(max(1 if arrived > sent else 0, arrived - sent - held_ticks))
             if "plan_start" in report and report.get("request_id") == self._last_request_id:
                 # The robot held before this chunk took over (no plan yet, or an underrun), so
                 # its index 0 ran later than the tick it was computed for.
                 self.last_start = _int(report, "plan_start", self.last_start, tick)
-            served = self._server_s.pop(report.get("request_id"), None)
             rtt_ms = report.get("rtt_ms")
             if served is not None and isinstance(rtt_ms, (int, float)) and not isinstance(rtt_ms, bool) \
                     and 0.0 <= rtt_ms <= 60_000.0:
@@ -232,12 +236,14 @@ class RealtimeSessionState:
         remaining = prev_start + len(prev) - tick
         return max(1, remaining - settings.margin_ticks) * tick_s
 
-    def completed(self, prepared: PreparedRequest, chunk: np.ndarray, server_s: float = 0.0) -> dict[str, Any]:
-        """Record the chunk sent for ``prepared`` (``server_s``: arrival to reply, seconds);
-        returns the reply's fields."""
+    def completed(self, prepared: PreparedRequest, chunk: np.ndarray, server_s: float = 0.0,
+                  queue_s: float = 0.0) -> dict[str, Any]:
+        """Record the chunk sent for ``prepared`` (``server_s``: arrival to reply; ``queue_s``:
+        arrival to the start of its batch; seconds); returns the reply's fields."""
         if len(self._server_s) >= 32:  # reports never came (reset, reconnect): forget the oldest
             self._server_s.pop(next(iter(self._server_s)))
-        self._server_s[prepared.request_id] = server_s
+        held = min(queue_s, prepared.target_s) if prepared.target_s is not None else 0.0
+        self._server_s[prepared.request_id] = (server_s, held)
         self.last_chunk = np.asarray(chunk, dtype=np.float32)
         self.last_start = prepared.tick
         self._last_request_id = prepared.request_id

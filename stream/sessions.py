@@ -342,7 +342,7 @@ class RealtimePolicySession(OpenpiSession):
 
     def _reply(self, item: _Pending, result: Result, timing: dict[str, Any]) -> dict[str, Any]:
         server_s = (time.monotonic_ns() - item.arrival_ns) / 1e9
-        return {"type": "chunk", **self.state.completed(item.context, result.output, server_s),
+        return {"type": "chunk", **self.state.completed(item.context, result.output, server_s, result.queue_ns / 1e9),
                 "degraded": result.degraded, "timing": timing}
 
     def _error_fields(self, item: _Pending) -> dict[str, Any]:

@@ -152,3 +152,17 @@ def test_batching_holds_are_off_unless_the_session_asks():
     report = {"request_id": 0, "tick_sent": 0, "tick_arrived": 1, "rtt_ms": 1.0}
     state.completed(state.observation(observation(1, 4, report=report)), ramp_chunk(), server_s=0.0005)
     assert state.observation(observation(2, 8)).target_s is None
+
+
+def test_time_held_for_batching_does_not_count_toward_the_delay():
+    state = session(batch_hold=True)
+    state.completed(state.observation(observation(0, 0)), ramp_chunk(), server_s=0.005)
+    warmup = {"request_id": 0, "tick_sent": 0, "tick_arrived": 1, "rtt_ms": 6.0}
+    state.completed(state.observation(observation(1, 4, report=warmup)), ramp_chunk(), server_s=0.005)
+    first = {"request_id": 1, "tick_sent": 4, "tick_arrived": 5, "rtt_ms": 6.0}
+    held = state.observation(observation(2, 8, report=first))
+    assert held.d == 1 and held.target_s == pytest.approx(0.016)
+    # the engine held it for its whole target, so it landed a tick later than it had to
+    state.completed(held, ramp_chunk(), server_s=0.021, queue_s=0.016)
+    late = {"request_id": 2, "tick_sent": 8, "tick_arrived": 10, "rtt_ms": 22.0}
+    assert state.observation(observation(3, 12, report=late)).d == 1
