@@ -43,8 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--future-state", action="store_true", help="condition on the rolled-forward state (VLASH)")
     parser.add_argument("--beta", type=float, default=None, help="max guidance weight (server default if unset)")
     parser.add_argument("--s", type=int, default=None, help="execution horizon (default: chosen from d)")
-    parser.add_argument("--batch-hold", action="store_true",
-                        help="let the server hold each request (within d) to batch robots (hello batch_hold)")
+    parser.add_argument("--no-batch-hold", action="store_true",
+                        help="serve each request at once instead of holding it (within d) to batch robots")
     parser.add_argument("--inject-latency", type=float, default=0.0, metavar="MS",
                         help="client-side network delay, MS/2 each way")
     parser.add_argument("--timeout-ticks", type=int, default=25, help="abandon a request unanswered this long")
@@ -72,8 +72,8 @@ def run_robots(url: str, args: argparse.Namespace) -> dict:
         hello["beta"] = args.beta
     if args.s is not None:
         hello["s"] = args.s
-    if args.batch_hold:
-        hello["batch_hold"] = True
+    if args.no_batch_hold:
+        hello["batch_hold"] = False
     links = [WebsocketPolicyLink(url, hello, inject_latency_ms=args.inject_latency) for _ in range(args.robots)]
     if args.rt_priority:
         links[0].hub.set_priority(max(1, args.rt_priority - 1))
@@ -125,7 +125,7 @@ def run_robots(url: str, args: argparse.Namespace) -> dict:
     ci95 = 1.96 * np.sqrt(rate * (1 - rate) / episodes) if episodes else None
     return {
         "task": args.task, "family": args.family, "strategy": args.strategy, "future_state": bool(args.future_state),
-        "batch_hold": bool(args.batch_hold), "robots": args.robots, "hz": args.hz, "duration_s": args.duration, "warmup_s": args.warmup_s,
+        "batch_hold": not args.no_batch_hold, "robots": args.robots, "hz": args.hz, "duration_s": args.duration, "warmup_s": args.warmup_s,
         "inject_latency_ms": args.inject_latency,
         "solve_rate": None if rate is None else round(rate, 4),
         "ci95": None if ci95 is None else round(float(ci95), 4),

@@ -41,10 +41,9 @@ class RealtimeSettings:
     s_min: int = 4
     schedule: str = "exp"
     degrade: bool = True
-    # Let the engine hold requests to batch robots, within d. Off by default: a held request
-    # lands as late as d allows, so the measured delay never drops below the estimate and
-    # every late outlier ratchets d up for good.
-    batch_hold: bool = False
+    # Let the engine hold requests to batch robots, as long as the reply still lands within
+    # d (round trips are counted without the held ticks, so holding does not raise d).
+    batch_hold: bool = True
     budget_ms: float | None = None
     margin_ticks: int = 2
 
@@ -146,7 +145,7 @@ class RealtimeSessionState:
             s=s,
             schedule=_choice(message, "schedule", "exp", SCHEDULES),
             degrade=_flag(message, "degrade", True),
-            batch_hold=_flag(message, "batch_hold", False),
+            batch_hold=_flag(message, "batch_hold", True),
             budget_ms=budget,
         )
         return self.settings

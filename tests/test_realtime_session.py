@@ -146,8 +146,8 @@ def test_a_chunk_that_started_late_on_the_robot_is_shifted_from_where_it_really_
     assert prepared.inputs["prev_chunk"][0, 0] == 4
 
 
-def test_batching_holds_are_off_unless_the_session_asks():
-    state = session()
+def test_a_session_may_opt_out_of_batching_holds():
+    state = session(batch_hold=False)
     state.completed(state.observation(observation(0, 0)), ramp_chunk())
     report = {"request_id": 0, "tick_sent": 0, "tick_arrived": 1, "rtt_ms": 1.0}
     state.completed(state.observation(observation(1, 4, report=report)), ramp_chunk(), server_s=0.0005)
