@@ -56,10 +56,6 @@ class ActionBuffer:
         """Planned actions at ticks >= now."""
         return max(0, self.end_tick - max(now, self._start))
 
-    def planned(self, now: int) -> np.ndarray:
-        """Actions still planned for ticks >= now, [k, A] (what a stateless server needs)."""
-        return self._actions[max(0, now - self._start):]
-
     def merge(self, actions: np.ndarray, start_tick: int, now: int) -> ChunkArrival:
         actions = np.asarray(actions, dtype=np.float32)
         if actions.ndim != 2 or actions.shape[1] != self.action_dim:
