@@ -1,99 +1,50 @@
-"""The engine: one per loaded model. A bounded earliest-deadline-first queue, a batcher and
-one worker thread that owns the model (DESIGN rules 1-3).
+"""The engine: one per loaded model (DESIGN rules 1-3). It wires four small parts together:
+
+* :class:`stream.batcher.Batcher` -- the EDF queue, the lanes and the dispatch rule (no
+  threads inside, tested with a fake clock);
+* :class:`stream.slots.SlotTable` -- the state slots of a stepped model;
+* :class:`stream.latency.LatencyEstimate` -- one call's latency by the cost the model names;
+* an :class:`stream.hosts.ExecutorHost` -- where the batched model call runs (the worker
+  thread itself by default, or another process), reached by typed messages.
 
 Sessions live on the event loop and call :meth:`Engine.submit`, which stamps the request's
-deadline, puts it in the queue and returns an ``asyncio.Future``. The worker thread takes
-batches off the queue and hands them to the :class:`Executor` -- the batched model call --
-then resolves the futures back on the loop with one ``call_soon_threadsafe`` per batch.
-Model code therefore never runs on the event loop.
+deadline (``arrival + budget``), pushes it into the batcher and returns an
+``asyncio.Future``. One worker thread asks the batcher what to run, runs it through the host
+and resolves the batch's futures back on the loop with one ``call_soon_threadsafe``. Model
+code never runs on the event loop.
 
-Dispatch rule (the worker is idle whenever it looks at the queue): take a batch when
-
-* the queue holds a full batch (``executor.max_batch_size`` requests), or
-* a queued request has been held as long as it may: ``batch_window_s`` after its arrival
-  (0 by default: an idle worker starts at once, so a single client sees no batching
-  delay), or as long as its soft latency target ``target_s`` allows, or
-* waiting longer would risk the earliest deadline:
-  ``earliest_deadline - predicted_latency(b) - margin <= now``.
-
-While the worker computes, new requests accumulate; that is where batches come from.
-
-Deadlines: ``deadline = arrival + budget``. A request that can no longer finish by its
-deadline (``now + predicted_latency > deadline``) is answered ``deadline_exceeded``
+A request that can no longer finish by its deadline is answered ``deadline_exceeded``
 instead of being run late -- at submit time when even an immediate batch of one would be
-late, or at dispatch. A request that allows degrading is instead run with
-``WorkItem.degraded = True`` when the degraded estimate still makes it (the executor
-decides what degrading means, e.g. fewer denoising steps).
+late, or at dispatch; one that allows degrading is run with ``WorkItem.degraded = True``
+when the degraded estimate still makes it.
 
-Per-session rules: a session holds at most one queued *replaceable* request; a newer one
-replaces it (the older is answered ``superseded``). Closing a session drops its queued
-work. Admission: past ``capacity`` sessions, :meth:`open_session` raises :class:`AtCapacity`
-(the server closes the connection with 1013). Past ``max_queue`` queued requests, a new
-request is shed with ``queue_full``.
-
-Stepped streams (DESIGN rule 3) fit the same engine: a request may name a ``stream``; the
-executor keeps per-stream state slots (e.g. a KV cache) and gets, in every batch, the items
-of the streams that have a step due -- it builds its own mask for the idle slots.
-:meth:`Engine.control` runs ``open_stream``/``close_stream`` (or any function) on the
-worker thread between batches, so slot tables are touched by one thread only. Steps are
-submitted with ``replace=False``: every step counts.
+Admission (:meth:`open_session`): a one-shot session counts against ``capacity``; a
+stepped session (``stepped=True``) holds one of the model's state slots from admission to
+:meth:`close_session`. Either refusal is a ``ProtocolError("at_capacity")``, which the
+session answers with close code 1013. Closing a session drops its queued work and frees
+its slot (the executor gets ``CloseSlot`` before any later batch). Past ``max_queue``
+queued requests, a new request is shed with ``queue_full``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Protocol, Sequence
+from typing import Any, Protocol, Sequence
+
+from stream.batcher import Batcher, CostOf, Dispatch, Lane, PushResult, Request, batch_size_cost
+from stream.errors import ProtocolError
+from stream.hosts import CloseSlot, Executor, ExecutorHost, InProcessHost, OpenSlot, RunBatch, WorkItem
+from stream.latency import LatencyEstimate
+from stream.slots import SlotTable
 
 log = logging.getLogger(__name__)
 
-
-# ---------------------------------------------------------------------------------------
-# The executor interface
-
-
-@dataclass
-class WorkItem:
-    """One request as the executor sees it."""
-
-    inputs: Any  # validated observation (dict of numpy arrays) or step input
-    degraded: bool = False  # run cheaper (fewer denoising steps) to make the deadline
-    stream: Hashable | None = None  # stepped streams: whose state slot this step advances
-    arrival_ns: int = 0
-    deadline_ns: int = 0
-
-
-class Executor(Protocol):
-    """The batched model call. Called only from the engine's worker thread, one call at a time.
-
-    ``run`` gets 1..``max_batch_size`` items and returns one output per item, in order.
-    If it raises, every item of that batch is answered ``internal``; the engine keeps
-    serving. A remote executor (another process, a Ray Serve handle) implements the same
-    method and blocks the worker thread while the remote call runs.
-    """
-
-    max_batch_size: int
-
-    def run(self, items: Sequence[WorkItem]) -> Sequence[Any]: ...
-
-
-class EngineError(Exception):
-    """A request answered without a model output; ``code`` is a protocol error code."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class AtCapacity(EngineError):
-    def __init__(self, message: str):
-        super().__init__("at_capacity", message)
+__all__ = ["Engine", "EngineSession", "Lane", "Result", "WorkItem"]
 
 
 @dataclass
@@ -107,94 +58,12 @@ class Result:
     degraded: bool
 
 
-# ---------------------------------------------------------------------------------------
-# Latency estimate
-
-
-class LatencyEstimate:
-    """Running estimate of one batched call's latency per batch size.
-
-    Per (batch size, degraded) it keeps an exponentially weighted mean and mean absolute
-    deviation; ``predict`` returns mean + 2 deviations. An unseen size borrows the
-    estimate of the nearest larger seen size (latency grows with the batch), else the
-    nearest smaller one (optimistic; corrected after one call), else the prior. An unseen
-    degraded estimate is the normal one times ``degraded_ratio``. Reads are unlocked:
-    single dict lookups are atomic under the GIL and a stale value only shifts a guess.
-    """
-
-    def __init__(self, prior_ns: int = 0, alpha: float = 0.2, degraded_ratio: float = 0.5):
-        self.prior_ns = prior_ns
-        self.alpha = alpha
-        self.degraded_ratio = degraded_ratio
-        self._mean: dict[tuple[int, bool], float] = {}
-        self._dev: dict[tuple[int, bool], float] = {}
-
-    def observe(self, batch_size: int, degraded: bool, ns: int) -> None:
-        if degraded:
-            # A request runs degraded only while the normal estimate says it would be late,
-            # so the normal estimate would never be observed again: a single slow call
-            # (a GC pause, a cold cache) would keep a session degraded for good. A degraded
-            # call that shows the normal estimate too pessimistic pulls it down.
-            implied = ns / self.degraded_ratio
-            normal = (batch_size, False)
-            if normal in self._mean and self._mean[normal] + 2.0 * self._dev[normal] > implied:
-                self.observe(batch_size, False, int(implied))
-        key = (batch_size, degraded)
-        mean = self._mean.get(key)
-        if mean is None:
-            self._mean[key], self._dev[key] = float(ns), 0.0
-            return
-        error = ns - mean
-        self._mean[key] = mean + self.alpha * error
-        self._dev[key] = self._dev[key] + self.alpha * (abs(error) - self._dev[key])
-
-    def _lookup(self, batch_size: int, degraded: bool) -> float | None:
-        key = (batch_size, degraded)
-        if key in self._mean:
-            return self._mean[key] + 2.0 * self._dev[key]
-        sizes = [b for (b, d) in list(self._mean) if d == degraded]
-        if not sizes:
-            return None
-        larger = [b for b in sizes if b > batch_size]
-        b = min(larger) if larger else max(sizes)
-        return self._mean[(b, degraded)] + 2.0 * self._dev[(b, degraded)]
-
-    def predict(self, batch_size: int, degraded: bool = False) -> int:
-        if degraded:
-            value = self._lookup(batch_size, True)
-            if value is None:
-                return int(self.predict(batch_size) * self.degraded_ratio)
-            return int(value)
-        value = self._lookup(batch_size, False)
-        return self.prior_ns if value is None else int(value)
-
-
-# ---------------------------------------------------------------------------------------
-# Engine
-
-
-@dataclass(eq=False)
-class _Request:
-    session: "EngineSession"
-    inputs: Any
-    arrival_ns: int
-    deadline_ns: int
-    allow_degrade: bool
-    replaceable: bool
-    stream: Hashable | None
-    future: asyncio.Future
-    hold_until_ns: int = 0  # the batcher may keep it queued for companions until then...
-    reply_by_ns: int | None = None  # ...or, with a soft target, until its batch must start to reply by then
-    dead: bool = False  # superseded, dropped with its session, or shed
-    degraded: bool = False  # set at dispatch when only the degraded estimate makes the deadline
-
-
 @dataclass(eq=False)
 class EngineSession:
-    """A session's handle on an engine (admission ticket)."""
+    """A session's admission ticket; ``slot`` is its state slot when it is stepped."""
 
     id: int
-    queued: _Request | None = None  # its replaceable request while queued
+    slot: int | None = None
     closed: bool = False
 
 
@@ -210,60 +79,78 @@ class EngineMetricsSink(Protocol):
     def set_queue_depth(self, depth: int) -> None: ...
 
 
-class Engine:
-    """Deadline-ordered batching in front of one :class:`Executor` (see module docstring).
+_Outcome = tuple[asyncio.Future, Any]  # (future, Result | ProtocolError)
 
-    Threading: ``submit``, ``open_session``, ``close_session`` and ``control`` are called on
-    the event loop; the worker thread runs the executor. One lock guards the queue.
+
+class Engine:
+    """Deadline-ordered batching in front of one executor (see the module docstring).
+
+    ``executor`` is an executor (run in the worker thread) or an :class:`ExecutorHost`.
+    For a host, ``max_batch_size`` and ``slots`` must be given; for an executor they default
+    to its own attributes.
+
+    Threading: ``submit``, ``open_session`` and ``close_session`` are called on the event
+    loop; the worker thread drives the batcher and the host. One lock guards both queues.
     """
 
     def __init__(
         self,
         name: str,
-        executor: Executor,
+        executor: Executor | ExecutorHost,
         *,
+        max_batch_size: int | None = None,
+        slots: int | None = None,
         capacity: int = 256,
         max_queue: int | None = None,
         batch_window_s: float = 0.0,
         margin_s: float = 0.001,
         latency_prior_s: float = 0.0,
-        degraded_ratio: float = 0.5,
+        cost_of: CostOf = batch_size_cost,
         metrics: EngineMetricsSink | None = None,
     ):
-        if executor.max_batch_size < 1:
-            raise ValueError("executor.max_batch_size must be >= 1")
+        if hasattr(executor, "call"):
+            self.host: ExecutorHost = executor  # type: ignore[assignment]
+            if max_batch_size is None:
+                raise ValueError("give max_batch_size with an executor host")
+        else:
+            self.host = InProcessHost(executor)  # type: ignore[arg-type]
+            max_batch_size = max_batch_size or executor.max_batch_size  # type: ignore[union-attr]
+            slots = getattr(executor, "slots", 0) if slots is None else slots
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
         self.name = name
-        self.executor = executor
+        self.max_batch_size = max_batch_size
         self.capacity = capacity
-        self.max_queue = max_queue if max_queue is not None else max(capacity, executor.max_batch_size)
+        self.slots = SlotTable(slots or 0)
         self.batch_window_ns = int(batch_window_s * 1e9)
-        self.margin_ns = int(margin_s * 1e9)
-        self.latency = LatencyEstimate(int(latency_prior_s * 1e9), degraded_ratio=degraded_ratio)
+        self.latency = LatencyEstimate(int(latency_prior_s * 1e9))
+        self.batcher = Batcher(max_batch_size, self.latency, cost_of=cost_of, margin_ns=int(margin_s * 1e9),
+                               max_queue=max_queue if max_queue is not None else max(capacity, max_batch_size))
         self.metrics = metrics
         self._cond = threading.Condition(threading.Lock())
-        self._heap: list[tuple[int, int, _Request]] = []
-        self._live = 0  # requests in the heap that are not dead
-        self._hold_until_ns = 0  # earliest hold_until_ns of the queued requests
-        self._reply_by_ns: int | None = None  # earliest reply_by_ns of the queued requests
-        self._controls: list[tuple[Callable[[Executor], Any], asyncio.Future]] = []
-        self._seq = itertools.count()
+        self._controls: list[OpenSlot | CloseSlot] = []
         self._session_ids = itertools.count(1)
         self._sessions: set[EngineSession] = set()
-        self._busy_until_ns = 0  # predicted end of the running batch (0: idle)
         self._stopping = False
+        self._failed: str | None = None  # the host could not start: every request is answered internal
+        self._host_started = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        """Start the worker; futures are resolved on ``loop`` (default: the running loop)."""
+        """Start the worker (it starts the host); futures are resolved on ``loop``."""
         self._loop = loop or asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._work, name=f"engine-{self.name}", daemon=True)
         self._thread.start()
 
+    async def ready(self) -> None:
+        """Return once the host has started (the model is loaded and warm), or failed to."""
+        await asyncio.get_running_loop().run_in_executor(None, self._host_started.wait)
+
     async def stop(self) -> None:
-        """Finish the running batch, answer queued requests ``shutting_down``, join the worker."""
+        """Finish the running batch, answer queued requests ``shutting_down``, stop the host."""
         with self._cond:
             self._stopping = True
             self._cond.notify()
@@ -277,33 +164,45 @@ class Engine:
 
     @property
     def queue_depth(self) -> int:
-        return self._live
+        return self.batcher.depth
 
     # -- loop side -----------------------------------------------------------------------
 
-    def open_session(self) -> EngineSession:
-        """Admit a session, or raise :class:`AtCapacity`."""
+    def open_session(self, *, stepped: bool = False) -> EngineSession:
+        """Admit a session (a stepped one with a state slot), or raise ``at_capacity``."""
         if self._stopping:
-            raise EngineError("shutting_down", "server is shutting down")
-        if len(self._sessions) >= self.capacity:
-            raise AtCapacity(f"model {self.name!r} is serving its capacity of {self.capacity} sessions; "
-                             "retry later or use another replica")
+            raise ProtocolError("shutting_down", "server is shutting down")
         session = EngineSession(next(self._session_ids))
+        if stepped:
+            with self._cond:
+                slot = self.slots.acquire(session)
+                if slot is not None:
+                    self._controls.append(OpenSlot(slot))
+                    self._cond.notify()
+            if slot is None:
+                raise ProtocolError("at_capacity", f"model {self.name!r} has no free slot: all {self.slots.size} "
+                                                   "are held by open streams; retry later or use another replica")
+            session.slot = slot
+        elif len(self._sessions) >= self.capacity:
+            raise ProtocolError("at_capacity", f"model {self.name!r} is serving its capacity of {self.capacity} "
+                                               "sessions; retry later or use another replica")
         self._sessions.add(session)
         return session
 
     def close_session(self, session: EngineSession) -> None:
-        """Forget the session and drop its queued work (its futures are cancelled)."""
+        """Forget the session, drop its queued work (futures cancelled), free its slot."""
+        if session.closed:
+            return
         session.closed = True
         self._sessions.discard(session)
         with self._cond:
-            dropped = [entry[2] for entry in self._heap if entry[2].session is session and not entry[2].dead]
-            for request in dropped:
-                request.dead = True
-                self._live -= 1
-            session.queued = None
+            dropped = self.batcher.drop(session)
+            if session.slot is not None:
+                self.slots.release(session.slot)
+                self._controls.append(CloseSlot(session.slot))
+                self._cond.notify()
         for request in dropped:
-            request.future.cancel()
+            request.handle.cancel()
             if self.metrics:
                 self.metrics.count_shed("disconnected")
 
@@ -315,20 +214,21 @@ class Engine:
         budget_s: float,
         allow_degrade: bool = False,
         replace: bool = True,
-        stream: Hashable | None = None,
+        lane: Lane = Lane.ONESHOT,
         arrival_ns: int | None = None,
         target_s: float | None = None,
     ) -> asyncio.Future:
-        """Queue one request; the future resolves to a :class:`Result` or raises :class:`EngineError`.
+        """Queue one request; the future resolves to a :class:`Result` or raises ``ProtocolError``.
 
         ``arrival_ns`` (``time.monotonic_ns``) defaults to now; sessions pass the time the
-        frame was received so that decoding is charged to the budget.
+        frame was received so that decoding is charged to the budget. A stepped session's
+        requests are steps of its stream (never replaced; one per batch, in order);
+        ``replace`` applies to one-shot requests.
 
         ``target_s`` is a soft latency target below the budget: the batcher may hold the
         request to grow a batch until its batch would have to start to answer within the
         target (default: the engine's ``batch_window_s``). The budget stays the hard
-        deadline. A robot session uses it to batch across robots only as long as the
-        reply still arrives within the delay it assumed.
+        deadline.
         """
         loop = self._loop
         assert loop is not None, "engine not started"
@@ -336,226 +236,145 @@ class Engine:
         now = time.monotonic_ns()
         arrival = now if arrival_ns is None else arrival_ns
         deadline = arrival + int(budget_s * 1e9)
+        if self._stopping or session.closed:
+            future.set_exception(ProtocolError("shutting_down", "server is shutting down"))
+            return future
         if target_s is None:
             hold_until, reply_by = min(arrival + self.batch_window_ns, deadline), None
         else:  # held until the batch that forms must start to answer within the target
             hold_until, reply_by = deadline, min(arrival + int(target_s * 1e9), deadline)
-        request = _Request(session, inputs, arrival, deadline, allow_degrade, replace, stream, future,
-                           hold_until_ns=hold_until, reply_by_ns=reply_by)
-        if self._stopping or session.closed:
-            future.set_exception(EngineError("shutting_down", "server is shutting down"))
-            return future
-        # Admission at enqueue: even a batch of one started when the running batch ends is late.
-        start = max(now, self._busy_until_ns)
-        if start + self.latency.predict(1, allow_degrade) > deadline:
-            self._miss(future, "submit")
-            return future
-        superseded = None
+        request = Request(session, inputs, arrival, deadline, lane=lane, stream=session.slot,
+                          allow_degrade=allow_degrade, replaceable=replace and session.slot is None,
+                          hold_until_ns=hold_until, reply_by_ns=reply_by, handle=future)
         with self._cond:
-            if replace and session.queued is not None:
-                superseded = session.queued
-                superseded.dead = True
-                self._live -= 1
-                session.queued = None
-            if self._live >= self.max_queue:
-                shed = True
-            else:
-                shed = False
-                if self._live == 0 or request.hold_until_ns < self._hold_until_ns:
-                    self._hold_until_ns = request.hold_until_ns
-                if reply_by is not None and (self._live == 0 or self._reply_by_ns is None
-                                             or reply_by < self._reply_by_ns):
-                    self._reply_by_ns = reply_by
-                elif self._live == 0:
-                    self._reply_by_ns = None
-                heapq.heappush(self._heap, (deadline, next(self._seq), request))
-                self._live += 1
-                if replace:
-                    session.queued = request
+            outcome, superseded = self.batcher.push(request, now)
+            if outcome is PushResult.QUEUED:
                 self._cond.notify()
-            depth = self._live
+            depth = self.batcher.depth
         if superseded is not None:
-            superseded.future.set_exception(EngineError("superseded", "a newer observation replaced this one"))
+            superseded.handle.set_exception(ProtocolError("superseded", "a newer observation replaced this one"))
             if self.metrics:
                 self.metrics.count_shed("superseded")
-        if shed:
-            future.set_exception(EngineError("queue_full", f"model {self.name!r} has {self.max_queue} "
-                                                           "requests queued; request shed"))
+        if outcome is PushResult.LATE:
+            self._miss(future, "submit")
+        elif outcome is PushResult.QUEUE_FULL:
+            future.set_exception(ProtocolError("queue_full", f"model {self.name!r} has {self.batcher.max_queue} "
+                                                             "requests queued; request shed"))
             if self.metrics:
                 self.metrics.count_shed("queue_full")
         if self.metrics:
             self.metrics.set_queue_depth(depth)
         return future
 
-    async def control(self, function: Callable[[Executor], Any]) -> Any:
-        """Run ``function(executor)`` on the worker thread between batches; return its result.
-
-        This is how stepped streams open and close their state slots.
-        """
-        assert self._loop is not None, "engine not started"
-        future = self._loop.create_future()
-        with self._cond:
-            self._controls.append((function, future))
-            self._cond.notify()
-        return await future
-
     def _miss(self, future: asyncio.Future, where: str) -> None:
-        future.set_exception(EngineError("deadline_exceeded", "the request cannot be answered within its budget"))
+        if not future.done():
+            future.set_exception(ProtocolError("deadline_exceeded", "the request cannot be answered within its budget"))
         if self.metrics:
             self.metrics.count_deadline_miss(where)
 
     # -- worker side ---------------------------------------------------------------------
 
     def _work(self) -> None:
-        while True:
-            controls, batch, expired = self._next_batch()
-            if controls is None:
-                return
-            for function, future in controls:
-                try:
-                    value, error = function(self.executor), None
-                except Exception as exc:  # handed back to the awaiting caller
-                    value, error = None, exc
-                self._loop.call_soon_threadsafe(_settle, future, value, error)
-            if expired:
-                self._deliver([(r.future, None, "dispatch") for r in expired])
-            if batch:
-                try:
-                    self._execute(batch)
-                except Exception:  # a bug here must not kill the worker and strand every session
-                    log.exception("engine %s failed outside the model call", self.name)
-                    self._deliver([(r.future, EngineError("internal", "engine error"), None) for r in batch])
+        try:
+            self.host.start()
+        except Exception as exc:
+            log.exception("engine %s: the executor host failed to start", self.name)
+            self._failed = f"the model failed to start ({exc})"
+        self._host_started.set()
+        try:
+            while True:
+                controls, dispatch = self._next()
+                if controls is None:
+                    return
+                for control in controls:
+                    self._control(control)
+                if dispatch is not None:
+                    try:
+                        self._execute(dispatch)
+                    except Exception:  # a bug here must not kill the worker and strand every session
+                        log.exception("engine %s failed outside the model call", self.name)
+                        self._deliver([(r.handle, ProtocolError("internal", "engine error")) for r in dispatch.batch])
+        finally:
+            self.host.stop()
 
-    def _next_batch(self) -> tuple[list | None, list[_Request], list[_Request]]:
-        """Wait for the dispatch rule; return (controls, batch, requests already past hope)."""
+    def _next(self) -> tuple[list | None, Dispatch | None]:
+        """Wait for work: (slot controls to run first, a batch or None); (None, None) to stop."""
         with self._cond:
             while True:
-                while self._heap and self._heap[0][2].dead:
-                    heapq.heappop(self._heap)
                 if self._controls:
                     controls, self._controls = self._controls, []
-                    return controls, [], []
-                if not self._live:
-                    if self._stopping:
-                        return None, [], []
-                    self._cond.wait()
-                    continue
+                    return controls, None
                 if self._stopping:
+                    stranded = self.batcher.take_all()
                     break
-                now = time.monotonic_ns()
-                size = min(self._live, self.executor.max_batch_size)
-                if size >= self.executor.max_batch_size:
+                step = self.batcher.next(time.monotonic_ns())
+                if isinstance(step, Dispatch):
+                    depth = self.batcher.depth
                     break
-                window_end = self._hold_until_ns
-                if self._reply_by_ns is not None:  # the batch of this size must still make it
-                    window_end = min(window_end, self._reply_by_ns - self.latency.predict(size) - self.margin_ns)
-                if now >= window_end:
-                    break
-                latest_start = self._heap[0][0] - self.latency.predict(size) - self.margin_ns
-                if latest_start <= now:
-                    break
-                self._cond.wait((min(window_end, latest_start) - now) / 1e9)
-            now = time.monotonic_ns()
-            single = self.latency.predict(1)
-            batch: list[_Request] = []
-            expired: list[_Request] = []
-            stopping = self._stopping
-            while self._heap and (stopping or len(batch) < self.executor.max_batch_size):
-                request = heapq.heappop(self._heap)[2]
-                if request.dead:
-                    continue
-                self._live -= 1
-                if request.session.queued is request:
-                    request.session.queued = None
-                if stopping:
-                    expired.append(request)
-                elif now + single > request.deadline_ns and not request.allow_degrade:
-                    expired.append(request)  # late even alone; takes no batch slot
+                if step.ns is None:
+                    self._cond.wait()
                 else:
-                    batch.append(request)
-            if self._live:
-                live = [e[2] for e in self._heap if not e[2].dead]
-                self._hold_until_ns = min(r.hold_until_ns for r in live)
-                targets = [r.reply_by_ns for r in live if r.reply_by_ns is not None]
-                self._reply_by_ns = min(targets) if targets else None
-            if batch:
-                self._busy_until_ns = now + self.latency.predict(len(batch))
-            depth = self._live
+                    self._cond.wait(max(0, step.ns - time.monotonic_ns()) / 1e9)
+        if self._stopping:
+            self._deliver([(r.handle, ProtocolError("shutting_down", "server is shutting down")) for r in stranded])
+            return None, None
         if self.metrics:
             self.metrics.set_queue_depth(depth)
-        if stopping:
-            self._deliver([(r.future, EngineError("shutting_down", "server is shutting down"), None)
-                           for r in expired])
-            return [], [], []
-        return [], batch, expired
+        if step.expired:
+            self._deliver([(r.handle, None) for r in step.expired])
+        return [], step if step.batch else None
 
-    def _execute(self, batch: list[_Request]) -> None:
-        start = time.monotonic_ns()
-        size = len(batch)
-        predicted = self.latency.predict(size)
-        run: list[_Request] = []
-        outcomes: list[tuple[asyncio.Future, Any, str | None]] = []
-        for request in batch:
-            if start + predicted <= request.deadline_ns:
-                run.append(request)
-            elif request.allow_degrade and start + self.latency.predict(size, True) <= request.deadline_ns:
-                request.degraded = True
-                run.append(request)
-            else:
-                outcomes.append((request.future, None, "dispatch"))
-        if outcomes:
-            self._deliver(outcomes)
-            outcomes = []
-        if not run:
-            self._busy_until_ns = 0
+    def _control(self, message: OpenSlot | CloseSlot) -> None:
+        if self._failed:
             return
-        items = [WorkItem(r.inputs, r.degraded, r.stream, r.arrival_ns, r.deadline_ns)
-                 for r in run]
-        degraded = any(item.degraded for item in items)
-        start = time.monotonic_ns()
         try:
-            outputs = self.executor.run(items)
-            if len(outputs) != len(items):
-                raise RuntimeError(f"executor returned {len(outputs)} outputs for {len(items)} items")
-            error = None
-        except Exception as exc:
-            log.exception("model %s failed on a batch of %d", self.name, len(items))
-            outputs, error = [None] * len(items), exc
+            self.host.call(message)
+        except Exception:
+            log.exception("engine %s: %s failed", self.name, type(message).__name__)
+
+    def _execute(self, dispatch: Dispatch) -> None:
+        batch = dispatch.batch
+        items = [WorkItem(r.inputs, r.degraded, r.stream, r.arrival_ns, r.deadline_ns) for r in batch]
+        slots = {r.stream for r in batch if r.stream is not None}
+        message = RunBatch(int(dispatch.lane), items, self.slots.active_mask(slots) if self.slots.size else [])
+        cost = self.batcher.cost_of(batch)
+        start = time.monotonic_ns()
+        error: ProtocolError | None = None
+        outputs: Sequence[Any] = ()
+        if self._failed:
+            error = ProtocolError("internal", self._failed)
+        else:
+            try:
+                outputs = self.host.call(message)
+            except Exception:
+                log.exception("model %s failed on a batch of %d", self.name, len(items))
+                error = ProtocolError("internal", "the model failed on this batch")
         end = time.monotonic_ns()
-        self._busy_until_ns = 0
         compute = end - start
+        with self._cond:
+            self.batcher.finished()
         if error is None:
-            self.latency.observe(len(items), degraded, compute)
-        for request, item, output in zip(run, items, outputs):
-            if error is not None:
-                outcomes.append((request.future, EngineError("internal", "the model failed on this batch"), None))
-            else:
-                outcomes.append((request.future, Result(output, start - request.arrival_ns, compute,
-                                                        len(items), item.degraded), None))
+            self.latency.observe(cost, compute)
+            outcomes: list[_Outcome] = [
+                (r.handle, Result(output, start - r.arrival_ns, compute, len(items), r.degraded))
+                for r, output in zip(batch, outputs)]
+        else:
+            outcomes = [(r.handle, error) for r in batch]
         if self.metrics:
-            self.metrics.observe_batch(len(items), compute / 1e9, [(start - r.arrival_ns) / 1e9 for r in run])
+            self.metrics.observe_batch(len(items), compute / 1e9, [(start - r.arrival_ns) / 1e9 for r in batch])
         self._deliver(outcomes)  # last, so the worker is back waiting (GIL free) when the loop wakes
 
-    def _deliver(self, outcomes: list[tuple[asyncio.Future, Any, str | None]]) -> None:
-        """Resolve futures on the loop: (future, Result | EngineError | None, miss-site | None)."""
+    def _deliver(self, outcomes: list[_Outcome]) -> None:
+        """Resolve futures on the loop: (future, Result | ProtocolError | None for a deadline miss)."""
         self._loop.call_soon_threadsafe(self._resolve, outcomes)
 
-    def _resolve(self, outcomes: list[tuple[asyncio.Future, Any, str | None]]) -> None:
-        for future, value, missed_at in outcomes:
+    def _resolve(self, outcomes: list[_Outcome]) -> None:
+        for future, value in outcomes:
             if future.done():  # cancelled: its session went away
                 continue
-            if missed_at is not None:
-                self._miss(future, missed_at)
-            elif isinstance(value, EngineError):
+            if value is None:
+                self._miss(future, "dispatch")
+            elif isinstance(value, ProtocolError):
                 future.set_exception(value)
             else:
                 future.set_result(value)
-
-
-def _settle(future: asyncio.Future, value: Any, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(value)

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from stream.engine import WorkItem
+from stream.batcher import Request
+from stream.hosts import ExecutorSpec, RunBatch, WorkItem
+from stream.latency import CostKey
 from stream.registry import LoadedModel, ModelFactory, ModelOptions, register_resolver, robot_observation_spec
 
 
@@ -58,9 +60,10 @@ class TrainedPolicyExecutor:
                 items = [WorkItem({"state": state}, degraded=degraded)] * batch
                 items += [WorkItem({"state": state, "prev_chunk": prev, "d": 1, "s": 4, "future_state": future},
                                    degraded=degraded) for future in (False, True)] * batch
-                self.run(items)
+                self.run(RunBatch(1, items))
 
-    def run(self, items: Sequence[WorkItem]) -> list[np.ndarray]:
+    def run(self, batch: RunBatch) -> list[np.ndarray]:
+        items = batch.items
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, item in enumerate(items):
             x = item.inputs
@@ -97,20 +100,37 @@ class TrainedPolicyExecutor:
         return chunk.detach().numpy().astype(np.float32)
 
 
+def policy_cost(num_steps: int) -> "Callable[[Sequence[Request]], CostKey]":
+    """A batch's cost: denoising steps summed over its items (a degraded item runs half of
+    them), real-time chunking (a backward pass per step) apart from plain sampling."""
+    degraded_steps = max(1, math.ceil(num_steps / 2))
+
+    def cost_of(batch: Sequence[Request]) -> CostKey:
+        realtime = any(r.inputs.get("prev_chunk") is not None for r in batch)
+        steps = sum(degraded_steps if r.degraded else num_steps for r in batch)
+        return CostKey("rtc" if realtime else "plain", steps)
+
+    return cost_of
+
+
 def _trained_policy_factory(task: str, family: str) -> ModelFactory:
     def factory(options: ModelOptions) -> LoadedModel:
-        executor = TrainedPolicyExecutor(task, family, options.max_batch_size)
-        c = executor.config
+        from policies.base import PolicyConfig, checkpoint_paths
+
+        c = PolicyConfig.from_json(checkpoint_paths(task, family)[1].read_text())  # type: ignore[arg-type]
         name = task if family == "flow" else f"{task}:{family}"
         return LoadedModel(
             name=name,
-            executor=executor,
+            executor_spec=ExecutorSpec("stream.policy_models:TrainedPolicyExecutor",
+                                       {"task": task, "family": family, "max_batch_size": options.max_batch_size}),
+            max_batch_size=options.max_batch_size,
             metadata={"type": "metadata", "model": name, "task": task, "family": family,
                       "action_horizon": c.horizon, "action_dim": c.action_dim, "state_dim": c.state_dim,
                       "control_hz": c.control_hz, "num_steps": c.num_steps},
             observation_spec=robot_observation_spec(c.state_dim),
             reply_fields=lambda chunk: {"actions": chunk},
             latency_prior_s=0.01,
+            cost_of=policy_cost(c.num_steps),
         )
 
     return factory

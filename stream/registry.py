@@ -19,7 +19,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from stream.engine import Executor, WorkItem
+from stream.batcher import CostOf, batch_size_cost
+from stream.hosts import ExecutorSpec, RunBatch
 from stream.protocol import ArrayField, ArrayMapField, ObservationSpec, TextField
 
 
@@ -35,12 +36,18 @@ class ModelOptions:
 
 @dataclass
 class LoadedModel:
+    """What the server needs of a model. The executor itself is built where it will run
+    (the engine's worker thread, or another process) from ``executor_spec``."""
+
     name: str
-    executor: Executor
+    executor_spec: ExecutorSpec
+    max_batch_size: int
     metadata: dict[str, Any]  # msgpack-able; sent as the first frame of a session
     observation_spec: ObservationSpec
     reply_fields: Callable[[Any], dict[str, Any]]  # executor output -> reply fields
     latency_prior_s: float = 0.0  # first guess of one call's latency, before any is measured
+    cost_of: CostOf = batch_size_cost  # a batch's cost key for the latency estimate
+    slots: int = 0  # state slots of a stepped model (0: one-shot requests only)
 
 
 ModelFactory = Callable[[ModelOptions], LoadedModel]
@@ -129,9 +136,9 @@ class StandinExecutor:
         self.policy = StandinPolicy(latency_s)
         self.max_batch_size = max_batch_size
 
-    def run(self, items: Sequence[WorkItem]) -> list[np.ndarray]:
-        states = np.stack([item.inputs["state"] for item in items])
-        degraded = np.array([item.degraded for item in items])
+    def run(self, batch: RunBatch) -> list[np.ndarray]:
+        states = np.stack([item.inputs["state"] for item in batch.items])
+        degraded = np.array([item.degraded for item in batch.items])
         chunks = self.policy.sample(states, degraded)
         return list(chunks)
 
@@ -142,7 +149,9 @@ def _standin(options: ModelOptions) -> LoadedModel:
     latency_s = options.standin_ms / 1000.0
     return LoadedModel(
         name="standin",
-        executor=StandinExecutor(latency_s, options.max_batch_size),
+        executor_spec=ExecutorSpec("stream.registry:StandinExecutor",
+                                   {"latency_s": latency_s, "max_batch_size": options.max_batch_size}),
+        max_batch_size=options.max_batch_size,
         metadata={"type": "metadata", "model": "standin", "action_horizon": H, "action_dim": A, "state_dim": S,
                   "standin_ms": options.standin_ms},
         observation_spec=robot_observation_spec(S),

@@ -13,8 +13,8 @@ HTTP, answered at the handshake (``process_request``), before any websocket exis
   scripts -- are not browsers and pass); bad query parameters -> 400.
 
 Websocket endpoints (DESIGN.md, Endpoints): ``/`` is the openpi-compatible policy protocol
-(:class:`stream.sessions.OpenpiSession`); ``/v1/policy`` is real-time chunking for robot
-control loops (:class:`stream.sessions.RealtimePolicySession`, docs/policy-protocol.md).
+(:class:`stream.session_protocols.OpenpiProtocol`); ``/v1/policy`` is real-time chunking for robot
+control loops (:class:`stream.session_protocols.RealtimePolicyProtocol`, docs/policy-protocol.md); one :class:`stream.sessions.SessionPump` per connection moves the frames.
 Other paths arrive with the issues that build them.
 
 Transport: compression off; explicit ``max_size`` (a larger frame closes with 1009),
@@ -42,13 +42,13 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from stream.engine import Engine
+from stream.hosts import InProcessHost, ProcessHost
 from stream.metrics import CONTENT_TYPE, ServerMetrics
 from stream.registry import LoadedModel
-from stream.sessions import OpenpiSession, RealtimePolicySession, ServedModel
+from stream.session_protocols import ROUTES
+from stream.sessions import ServedModel, SessionPump
 
 log = logging.getLogger(__name__)
-
-ROUTES = {"/": OpenpiSession, "/v1/policy": RealtimePolicySession}
 
 
 @dataclass
@@ -77,6 +77,9 @@ class ServerConfig:
     send_timeout_s: float = 5.0
     max_pending: int = 8  # requests per session awaiting their reply before reading pauses
     drain_timeout_s: float = 30.0
+    # Where each model's executor runs: "thread" (the engine's worker thread) or "process"
+    # (a child process per model, reached by typed messages; see stream/hosts.py).
+    executor_host: str = "thread"
 
 
 class HeadwayServer:
@@ -93,16 +96,20 @@ class HeadwayServer:
         self.config = config or ServerConfig()
         self.metrics = metrics or ServerMetrics()
         self.served: dict[str, ServedModel] = {}
+        if self.config.executor_host not in ("thread", "process"):
+            raise ValueError(f"executor_host is 'thread' or 'process', not {self.config.executor_host!r}")
         for model in models:
             if model.name in self.served:
                 raise ValueError(f"model {model.name!r} loaded twice; give one an alias")
-            engine = Engine(model.name, model.executor, capacity=self.config.capacity,
-                            max_queue=self.config.max_queue, batch_window_s=self.config.batch_window_s,
-                            margin_s=self.config.margin_s, latency_prior_s=model.latency_prior_s,
+            host_type = ProcessHost if self.config.executor_host == "process" else InProcessHost
+            engine = Engine(model.name, host_type(model.executor_spec), max_batch_size=model.max_batch_size,
+                            slots=model.slots, capacity=self.config.capacity, max_queue=self.config.max_queue,
+                            batch_window_s=self.config.batch_window_s, margin_s=self.config.margin_s,
+                            latency_prior_s=model.latency_prior_s, cost_of=model.cost_of,
                             metrics=self.metrics.for_engine(model.name))
             self.served[model.name] = ServedModel(model, engine)
         self.default_model = models[0].name
-        self.sessions: set[OpenpiSession] = set()
+        self.sessions: set[SessionPump] = set()
         self.draining = False
         self.port = self.config.port
         self._ws_server: Server | None = None
@@ -115,6 +122,8 @@ class HeadwayServer:
         loop = asyncio.get_running_loop()
         for served in self.served.values():
             served.engine.start(loop)
+        for served in self.served.values():  # loaded and warm before the first client
+            await served.engine.ready()
         c = self.config
         origins = None if "*" in c.allowed_origins else [None, *c.allowed_origins]
         self._ws_server = await serve(
@@ -232,7 +241,8 @@ class HeadwayServer:
         sock = ws.transport.get_extra_info("socket")
         if self.config.socket_send_buffer and sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.socket_send_buffer)
-        session = ROUTES[route](ws, served, self.metrics, budget_s=budget_s, max_pending=self.config.max_pending)
+        protocol = ROUTES[route](served.model, budget_s=budget_s, max_pending=self.config.max_pending)
+        session = SessionPump(ws, protocol, served, self.metrics)
         self.sessions.add(session)
         try:
             await session.run()
