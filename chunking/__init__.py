@@ -1,5 +1,6 @@
 """Real-time chunking maths: soft masks, guided inpainting, execution strategies, future-state
-rollout, chunk merging and delay estimation. Pure torch, batched along dim 0, no I/O.
+rollout, chunk merging and delay estimation. Pure torch (``merge``: numpy, so that a
+robot client needs no torch), batched along dim 0, no I/O.
 
 One algorithm per module:
 
@@ -10,7 +11,7 @@ One algorithm per module:
 * ``bid``          bidirectional decoding (rejection against the previous chunk)
 * ``ensemble``     ACT temporal ensembling
 * ``rti``          RTI warm start from the shifted previous plan
-* ``merge``        shift a chunk by executed ticks, merge an arriving chunk at a tick
+* ``merge``        shift a chunk by executed ticks, merge an arriving chunk at a tick (numpy only)
 * ``delay``        DelayEstimator (d in ticks, warm-up-robust, clamped d <= s <= H - d)
 * ``strategies``   the strategies behind one control-loop interface
 """

@@ -216,6 +216,9 @@ class RobotLoop:
         _, sent = self._outstanding
         self._outstanding = None
         arrival = self.buffer.merge(reply.actions, reply.start_tick, now)
+        if not arrival.took:  # older than the plan (a server that answered out of order)
+            self.stats.late_replies_dropped += 1
+            return
         self._started = True
         self.stats.chunks += 1
         # The server planned for the chunk to take over at tick sent + d, i.e. at its index

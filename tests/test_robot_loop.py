@@ -67,29 +67,6 @@ def make_loop(delays, timeout_ticks=50, **link_kwargs):
     return loop, link, robot
 
 
-def test_buffer_merge_never_replays_ticks_that_already_passed():
-    buffer = ActionBuffer(A)
-    arrival = buffer.merge(chunk([0, 1, 2, 3]), start_tick=10, now=12)
-    assert arrival.skipped == 2
-    assert buffer.pop(12)[0] == 2
-    assert buffer.pop(11) is None
-
-
-def test_buffer_newer_chunk_replaces_the_rest_of_the_older_plan():
-    buffer = ActionBuffer(A)
-    buffer.merge(chunk([0, 1, 2, 3, 4, 5]), start_tick=0, now=0)
-    buffer.merge(chunk([10, 11]), start_tick=2, now=2)
-    assert [buffer.pop(t)[0] for t in (2, 3)] == [10, 11]
-    assert buffer.pop(4) is None  # the old plan's tick 4 is not resumed
-
-
-def test_buffer_chunk_arriving_early_waits_for_its_start_tick():
-    buffer = ActionBuffer(A)
-    buffer.merge(chunk([0, 1, 2, 3]), start_tick=0, now=0)
-    buffer.merge(chunk([7, 8]), start_tick=3, now=1)
-    assert buffer.pop(1) is None  # the new plan starts at tick 3: nothing is planned before it
-
-
 def test_buffer_rejects_a_chunk_of_the_wrong_action_dimension():
     with pytest.raises(ValueError):
         ActionBuffer(A).merge(np.zeros((4, A + 1)), start_tick=0, now=0)
