@@ -19,7 +19,8 @@ import torch
 from tqdm import tqdm
 
 from .base import PolicyConfig
-from .checkpoint import NormalizedChunkPolicy, build_policy
+from .checkpoint import build_policy
+from .normalized import NormalizedChunkPolicy
 
 DEFAULT_STEPS = {"flow": 6000, "diffusion": 6000}
 DEFAULT_NUM_STEPS = {"flow": 5, "diffusion": 10}
