@@ -8,6 +8,7 @@ One algorithm per module:
 * ``rtc``          RealTimeChunkingGuide, the StepGuide for flow and diffusion samplers
 * ``realtime``     realtime_chunk, the batched per-item entry point a server calls
 * ``future_state`` VLASH rollout of the state through the pending actions
+* ``dynamics``     the simulated tasks' noise-free one-tick models (for that rollout and the simulator)
 * ``bid``          bidirectional decoding (rejection against the previous chunk)
 * ``ensemble``     ACT temporal ensembling
 * ``rti``          RTI warm start from the shifted previous plan
