@@ -37,7 +37,7 @@ import numpy as np
 
 from benchmarks.server_process import ServerProcess
 
-from clients import wire
+import wire
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
