@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from websockets.sync.client import connect
 
-from benchmarks.server_process import ServerProcess
+from clients.server_process import ServerProcess
 from clients.policy_link import WebsocketPolicyLink
 from clients.robot_loop import RobotLoop
 from wire import packb, unpackb
