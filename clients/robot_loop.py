@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Protocol
 
 import numpy as np
@@ -82,6 +82,7 @@ class PolicyLink(Protocol):
 @dataclass
 class LoopStats:
     ticks: int = 0
+    requests: int = 0  # observations sent
     underruns: int = 0  # ticks with no planned action after the first chunk arrived
     warmup_ticks: int = 0  # ticks held before the first chunk of the session or an episode arrived
     timeouts: int = 0
@@ -96,12 +97,26 @@ class LoopStats:
     batch_sizes: deque = field(default_factory=lambda: deque(maxlen=10_000))  # server's batch per chunk
     seam_ticks: deque = field(default_factory=lambda: deque(maxlen=10_000))  # ticks where a new chunk took over
 
+    def since(self, mark: "LoopStats") -> "LoopStats":
+        """What was counted after ``mark`` (a ``copy.deepcopy`` of these stats taken earlier,
+        e.g. at the end of a warm-up): counters less the mark's, samples after the mark's.
+        Exact while no sample window has dropped samples since the mark (their ``maxlen``)."""
+        later = LoopStats()
+        for f in fields(self):
+            value, before = getattr(self, f.name), getattr(mark, f.name)
+            if isinstance(value, deque):
+                getattr(later, f.name).extend(list(value)[len(before):])
+            else:
+                setattr(later, f.name, value - before)
+        return later
+
     def summary(self) -> dict[str, Any]:
         def pct(values, q):
             return float(np.percentile(np.asarray(values), q)) if len(values) else None
 
         return {
             "ticks": self.ticks,
+            "requests": self.requests,
             "underruns": self.underruns,
             "warmup_ticks": self.warmup_ticks,
             "timeouts": self.timeouts,
@@ -175,6 +190,7 @@ class RobotLoop:
             self._sent_at = time.monotonic()
             self.link.request(request_id, t, observation, self._report)
             self._outstanding = (request_id, t)
+            self.stats.requests += 1
         action = self.buffer.pop(t)
         if action is None and not self._started:
             # No chunk yet for this session or episode: the robot is not commanded at all

@@ -277,3 +277,18 @@ def test_run_loops_ticks_every_robot_on_its_own_staggered_schedule():
     # robot i of 4 ticks at 100 + i/200 + k/50 s
     for i, robot_starts in enumerate(starts):
         assert robot_starts == pytest.approx([100.0 + i * 0.005 + k * 0.02 for k in range(5)])
+
+
+def test_stats_since_a_mark_count_only_what_came_after_it():
+    import copy
+
+    loop, _, _ = make_loop(delays=[2] * 10, s=4)
+    for _ in range(8):
+        loop.step()
+    mark = copy.deepcopy(loop.stats)
+    for _ in range(8):
+        loop.step()
+    later = loop.stats.since(mark)
+    assert later.ticks == 8 and later.warmup_ticks == 0
+    assert later.requests == loop.stats.requests - mark.requests
+    assert list(later.delay_ticks) == list(loop.stats.delay_ticks)[len(mark.delay_ticks):]
