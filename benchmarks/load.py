@@ -35,9 +35,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from benchmarks.server_process import ServerProcess
+from clients.server_process import ServerProcess
 
-from clients import wire
+import wire
+
+SUMMARY = "open-loop load test of a server; prints JSON"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -31,6 +31,8 @@ import time
 
 import numpy as np
 
+SUMMARY = "simulated robots in real time against a server; prints JSON"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default="whack", help="simulated task (default: whack, the one with sudden target changes)")
@@ -140,7 +142,7 @@ def run_robots(url: str, args: argparse.Namespace) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    from benchmarks.server_process import ServerProcess
+    from clients.server_process import ServerProcess
 
     import torch
 

@@ -57,6 +57,8 @@ from pathlib import Path
 STRATEGY_ORDER = ("sync", "naive", "ensemble", "bid", "hard_mask", "rtc", "rtc_future", "rti")
 DELAYS = (0, 1, 2, 3, 4)
 
+SUMMARY = "execution-strategy sweep over tasks and delays; prints JSON"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="fast subset: 100 episodes per cell, BID with 8 samples")

@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+SUMMARY = "time plain, RTC-guided and warm-started sampling; prints JSON"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 16])

@@ -111,7 +111,8 @@ def realtime_chunk(
     n = torch.where(has, d_t.clamp(max=horizon), torch.zeros_like(d_t))
     pending = prev_chunk[:, : max(int(n.max().item()), 0)]
     future = future_state_fn(state, pending, n) if pending.shape[1] > 0 else state
-    target = shift_chunk(prev_chunk, n, fill="zero")  # old plan re-indexed to tick t + d
+    # The old plan re-indexed to tick t + d.
+    target = torch.from_numpy(shift_chunk(prev_chunk.detach().cpu().numpy(), n.numpy(), fill="zero")).to(prev_chunk.device)
     # Nothing is frozen at t + d; the old plan ends H - s - d after the shift (s' = s + d).
     weights = prefix_weights(horizon, torch.zeros_like(d_t), (s_t + n).clamp(max=horizon), config.schedule)
     weights = weights * has[:, None].to(weights.dtype)

@@ -30,7 +30,7 @@ strategy, so that all start from the same place; delays apply from the second re
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -38,7 +38,7 @@ import torch
 from chunking.bid import BIDConfig, bid_chunk
 from chunking.ensemble import EnsembleConfig, TemporalEnsemble
 from chunking.future_state import FutureStateFn
-from chunking.merge import shift_chunk
+from chunking.merge import ChunkPlan, merge_chunk
 from chunking.realtime import RealtimeConfig, realtime_chunk
 from chunking.rti import RTIConfig, warm_start_chunk
 
@@ -134,8 +134,7 @@ class ChunkedController:
     def reset(self) -> None:
         """Start a new episode for the whole batch (the next :meth:`act` is tick 0)."""
         self.tick = 0
-        self.active: torch.Tensor | None = None  # chunk being executed
-        self.active_start = 0  # tick of its index 0
+        self.plan: ChunkPlan | None = None  # what the batch executes, [B, n, A] by tick
         self.pending: tuple[torch.Tensor, int, int] | None = None  # (chunk, ready tick, start tick)
         self.next_request = 0
         self.ensemble = TemporalEnsemble(self.config.ensemble)
@@ -147,8 +146,8 @@ class ChunkedController:
     def select(self, index: torch.Tensor) -> None:
         """Keep only the batch items ``index`` (long ``[B']``), e.g. drop finished episodes
         so that later requests cost less. The timing state is shared and unchanged."""
-        if self.active is not None:
-            self.active = self.active[index]
+        if self.plan is not None:
+            self.plan = replace(self.plan, actions=self.plan.actions[index.numpy()])
         if self.pending is not None:
             chunk, ready, start = self.pending
             self.pending = (chunk[index], ready, start)
@@ -157,13 +156,18 @@ class ChunkedController:
             self.last_action = self.last_action[index]
 
     def _prev(self) -> torch.Tensor:
-        assert self.active is not None
-        return shift_chunk(self.active, self.tick - self.active_start, fill="last")
+        assert self.plan is not None
+        return torch.from_numpy(self.plan.shifted_to(self.tick, self.horizon, fill="last"))
+
+    def _take(self, chunk: torch.Tensor, start: int) -> None:
+        """Merge an arrived chunk (index 0 at tick ``start``) at the current tick."""
+        self.plan = merge_chunk(self.plan, chunk.detach().numpy(), start, self.tick).plan
+        self.ensemble.add(chunk, start)
 
     def _request(self, state: torch.Tensor) -> torch.Tensor:
         batch = state.shape[0]
         self.requests += 1
-        if self.active is None:  # first chunk of the episode: nothing to be consistent with
+        if self.plan is None:  # first chunk of the episode: nothing to be consistent with
             empty = torch.zeros(batch, self.horizon, self.policy.config.action_dim)
             has = torch.zeros(batch, dtype=torch.bool)
             return request_chunk(self.config, self.policy, state, empty, has, 0, self.s, self.future_state_fn, self.generator)
@@ -177,17 +181,14 @@ class ChunkedController:
         self.holding = False
         sync = self.config.name == "sync"
 
-        if self.active is None:  # tick 0: the first chunk is ready at once
-            first = self._request(state)
-            self.active, self.active_start = first, 0
-            self.ensemble.add(first, 0)
+        if self.plan is None:  # tick 0: the first chunk is ready at once
+            self._take(self._request(state), 0)
             self.next_request = self.s
         else:
             if self.pending is not None and k == self.pending[1]:
                 chunk, _, start = self.pending
                 self.pending = None
-                self.active, self.active_start = chunk, start
-                self.ensemble.add(chunk, start)
+                self._take(chunk, start)
                 self.switched = True
             if k == self.next_request:
                 chunk = self._request(state)
@@ -200,8 +201,7 @@ class ChunkedController:
                 if self.d == 0:  # arrives at once
                     chunk, _, start = self.pending
                     self.pending = None
-                    self.active, self.active_start = chunk, start
-                    self.ensemble.add(chunk, start)
+                    self._take(chunk, start)
                     self.switched = True
 
         if sync and self.pending is not None:
@@ -211,8 +211,9 @@ class ChunkedController:
         elif self.config.name == "ensemble":
             action = self.ensemble.action(k)
         else:
-            offset = min(k - self.active_start, self.horizon - 1)
-            action = self.active[:, offset]
+            planned = self.plan.action_at(k)
+            assert planned is not None, "d <= s <= H - d keeps every tick planned"
+            action = torch.from_numpy(planned)
         self.last_action = action
         self.tick += 1
         return action

@@ -17,16 +17,21 @@ plan and asks for a fresh chunk with ``reset`` set, so the server forgets the ol
 
 from __future__ import annotations
 
+import heapq
+import math
 import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Protocol
 
 import numpy as np
 
 from clients.action_buffer import ActionBuffer
+
+Clock = Callable[[], float]  # seconds, monotonic
+Sleep = Callable[[float], None]
 
 
 class Robot(Protocol):
@@ -77,6 +82,7 @@ class PolicyLink(Protocol):
 @dataclass
 class LoopStats:
     ticks: int = 0
+    requests: int = 0  # observations sent
     underruns: int = 0  # ticks with no planned action after the first chunk arrived
     warmup_ticks: int = 0  # ticks held before the first chunk of the session or an episode arrived
     timeouts: int = 0
@@ -91,12 +97,26 @@ class LoopStats:
     batch_sizes: deque = field(default_factory=lambda: deque(maxlen=10_000))  # server's batch per chunk
     seam_ticks: deque = field(default_factory=lambda: deque(maxlen=10_000))  # ticks where a new chunk took over
 
+    def since(self, mark: "LoopStats") -> "LoopStats":
+        """What was counted after ``mark`` (a ``copy.deepcopy`` of these stats taken earlier,
+        e.g. at the end of a warm-up): counters less the mark's, samples after the mark's.
+        Exact while no sample window has dropped samples since the mark (their ``maxlen``)."""
+        later = LoopStats()
+        for f in fields(self):
+            value, before = getattr(self, f.name), getattr(mark, f.name)
+            if isinstance(value, deque):
+                getattr(later, f.name).extend(list(value)[len(before):])
+            else:
+                setattr(later, f.name, value - before)
+        return later
+
     def summary(self) -> dict[str, Any]:
         def pct(values, q):
             return float(np.percentile(np.asarray(values), q)) if len(values) else None
 
         return {
             "ticks": self.ticks,
+            "requests": self.requests,
             "underruns": self.underruns,
             "warmup_ticks": self.warmup_ticks,
             "timeouts": self.timeouts,
@@ -170,6 +190,7 @@ class RobotLoop:
             self._sent_at = time.monotonic()
             self.link.request(request_id, t, observation, self._report)
             self._outstanding = (request_id, t)
+            self.stats.requests += 1
         action = self.buffer.pop(t)
         if action is None and not self._started:
             # No chunk yet for this session or episode: the robot is not commanded at all
@@ -216,6 +237,9 @@ class RobotLoop:
         _, sent = self._outstanding
         self._outstanding = None
         arrival = self.buffer.merge(reply.actions, reply.start_tick, now)
+        if not arrival.took:  # older than the plan (a server that answered out of order)
+            self.stats.late_replies_dropped += 1
+            return
         self._started = True
         self.stats.chunks += 1
         # The server planned for the chunk to take over at tick sent + d, i.e. at its index
@@ -242,31 +266,17 @@ class RobotLoop:
 
     # -- the clock -----------------------------------------------------------------------------
 
-    def run(self, ticks: int | None = None, duration_s: float | None = None, priority: int | None = None) -> LoopStats:
-        """Tick on a drift-free schedule (tick k at start + k/hz) until stopped or done.
-
-        A late tick is run at once and the schedule is kept, so lateness never accumulates.
-        ``priority``: ask for real-time scheduling of this thread (``request_realtime_priority``).
-        """
-        if priority is not None:
-            request_realtime_priority(priority)
-        if ticks is None:
-            ticks = int(round((duration_s or 0.0) * self.hz)) if duration_s is not None else None
-        period = 1.0 / self.hz
-        start = time.monotonic()
-        k = 0
-        while not self._stop.is_set() and (ticks is None or k < ticks):
-            target = start + k * period
-            delay = target - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            self._tick_at(target)
-            k += 1
+    def run(self, ticks: int | None = None, duration_s: float | None = None, priority: int | None = None,
+            clock: Clock = time.monotonic, sleep: Sleep = time.sleep) -> LoopStats:
+        """Tick on a drift-free schedule (``run_loops`` with this one robot) until stopped,
+        ``ticks`` ticks are done or ``duration_s`` seconds of schedule have passed."""
+        run_loops([self], duration_s, self._stop, priority, ticks=ticks, clock=clock, sleep=sleep)
         return self.stats
 
-    def _tick_at(self, target: float) -> None:
-        """Run one tick scheduled for monotonic time ``target`` (already due), recording jitter."""
-        self.stats.jitter_ms.append(max(0.0, time.monotonic() - target) * 1e3)
+    def tick_due(self, lateness_s: float) -> None:
+        """Run the tick the schedule says is due, ``lateness_s`` after its scheduled time
+        (recorded as jitter)."""
+        self.stats.jitter_ms.append(lateness_s * 1e3)
         self.step()
 
     def start(self, ticks: int | None = None, duration_s: float | None = None,
@@ -294,22 +304,27 @@ def request_realtime_priority(priority: int) -> bool:
         return False
 
 
-def run_loops(loops: list[RobotLoop], duration_s: float, stop: threading.Event | None = None,
-              priority: int | None = None) -> None:
-    """Run several robots' loops from one thread, each on its own drift-free schedule.
+def run_loops(loops: list[RobotLoop], duration_s: float | None = None, stop: threading.Event | None = None,
+              priority: int | None = None, *, ticks: int | None = None,
+              clock: Clock = time.monotonic, sleep: Sleep = time.sleep) -> None:
+    """Run robots' loops from one thread, each on its own drift-free schedule: the one scheduler.
 
-    Robot ``i`` ticks at ``start + i * period / n + k / hz``: the robots' clocks are
-    staggered as independent robots' are, and each tick runs when due. One thread instead
-    of one per robot keeps many simulated robots in one Python process from fighting over
-    the interpreter lock; a real robot runs ``RobotLoop.start`` on its own machine.
-    ``priority``: ask for real-time scheduling of this thread (``request_realtime_priority``).
+    Robot ``i`` of ``n`` ticks at ``start + i / (n * hz) + k / hz``: the robots' clocks are
+    staggered as independent robots' are, and each tick runs when due. A late tick runs at
+    once and the schedule is kept, so lateness never accumulates (the ticks after a late one
+    run back to back until they are on time again). One thread instead of one per robot
+    keeps many simulated robots in one Python process from fighting over the interpreter
+    lock; a real robot runs ``RobotLoop.start`` on its own machine.
+
+    Stops when ``stop`` is set, before the first tick due at or after ``start + duration_s``,
+    or once every robot has run ``ticks`` ticks (None: no limit). ``priority``: ask for
+    real-time scheduling of this thread (``request_realtime_priority``). ``clock`` and
+    ``sleep`` are the time source (seconds) and the way to wait for it.
     """
-    import heapq
-
     if priority is not None:
         request_realtime_priority(priority)
-    start = time.monotonic()
-    end = start + duration_s
+    start = clock()
+    end = math.inf if duration_s is None else start + duration_s
     first = [start + i / (loop.hz * len(loops)) for i, loop in enumerate(loops)]
     due = [(first[i], i, 0) for i in range(len(loops))]
     heapq.heapify(due)
@@ -317,8 +332,10 @@ def run_loops(loops: list[RobotLoop], duration_s: float, stop: threading.Event |
         target, i, k = heapq.heappop(due)
         if target >= end:
             break
-        delay = target - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        loops[i]._tick_at(target)
-        heapq.heappush(due, (first[i] + (k + 1) / loops[i].hz, i, k + 1))
+        now = clock()
+        if target > now:
+            sleep(target - now)
+            now = clock()
+        loops[i].tick_due(max(0.0, now - target))
+        if ticks is None or k + 1 < ticks:
+            heapq.heappush(due, (first[i] + (k + 1) / loops[i].hz, i, k + 1))

@@ -20,7 +20,7 @@ Contracts:
   (``deadline_exceeded``, ``superseded``, ``queue_full`` leave the session usable; others
   close it, and the next call reconnects).
 
-Depends on ``websockets``, ``msgpack`` and ``numpy`` only (``clients/wire.py`` is the codec).
+Depends on ``websockets``, ``msgpack`` and ``numpy`` only (``wire`` is the codec).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from clients import wire
+import wire
 
 RETRYABLE_STATUS = {502, 503, 504}
 NONFATAL_CODES = {"deadline_exceeded", "superseded", "queue_full"}

@@ -41,7 +41,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from .base import PolicyConfig, StepGuide, WarmStart
-from .checkpoint import ACTION_CLIP_STD, NormalizedChunkPolicy
+from .normalized import ACTION_CLIP_STD, NormalizedChunkPolicy
 
 NUM_TRAIN_TIMESTEPS = 100
 BETA_SCHEDULE = "squaredcos_cap_v2"

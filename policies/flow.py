@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from .base import PolicyConfig, StepGuide, WarmStart
-from .checkpoint import ACTION_CLIP_STD, NormalizedChunkPolicy
+from .normalized import ACTION_CLIP_STD, NormalizedChunkPolicy
 
 
 class FlowPolicy(NormalizedChunkPolicy):

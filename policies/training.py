@@ -2,7 +2,7 @@
 
 :func:`fit_statistics`, :func:`train_policy` and :func:`save_loss_curve` take tensors and
 know nothing about simulators. The command ``headway train policy``
-(``clients/sim/train.py``) is where training meets the simulated tasks: it collects
+(``clients/train.py``) is where training meets the simulated tasks: it collects
 demonstrations, trains with a tqdm progress bar, writes the checkpoint (safetensors + JSON
 config) and a loss-curve PNG, and reports a synchronous closed-loop solve rate.
 
@@ -19,7 +19,8 @@ import torch
 from tqdm import tqdm
 
 from .base import PolicyConfig
-from .checkpoint import NormalizedChunkPolicy, build_policy
+from .checkpoint import build_policy
+from .normalized import NormalizedChunkPolicy
 
 DEFAULT_STEPS = {"flow": 6000, "diffusion": 6000}
 DEFAULT_NUM_STEPS = {"flow": 5, "diffusion": 10}

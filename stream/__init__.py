@@ -1,4 +1,4 @@
-"""Headway's I/O side: websocket server, wire codec, sessions, engine, metrics, CLI.
+"""Headway's I/O side: websocket server, protocol validation, sessions, engine, metrics, CLI.
 
 Nothing here does model math; models are called only from an engine's worker thread.
 """

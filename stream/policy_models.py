@@ -33,7 +33,7 @@ class TrainedPolicyExecutor:
     def __init__(self, task: str, family: str, max_batch_size: int, threads: int = 1):
         import torch
 
-        from clients.sim import make_task
+        from chunking.dynamics import future_state_fn
         from policies.checkpoint import load_policy
 
         torch.set_num_threads(threads)
@@ -42,8 +42,9 @@ class TrainedPolicyExecutor:
         self.policy.eval()
         self.config = self.policy.config
         self.max_batch_size = max_batch_size
-        # Future-state rollout (VLASH) through the task's noise-free one-tick dynamics.
-        self.future_state_fn = make_task(task).predict_state
+        # Future-state rollout (VLASH) through the noise-free one-tick dynamics of the task
+        # the checkpoint was trained for.
+        self.future_state_fn = future_state_fn(self.config.task, self.config.control_hz)
         self.degraded_steps = max(1, math.ceil(self.config.num_steps / 2))
         self.generator = torch.Generator().manual_seed(0)
         self.warm_up()

@@ -6,7 +6,7 @@ and sends the frames it gets back.
 Framing (DESIGN rule 5):
 
 * **Binary frames** are msgpack maps, numpy arrays encoded as openpi encodes them
-  (``clients/wire.py`` holds that codec once; this module adds validation).
+  (``wire`` holds that codec once; this module adds validation).
 * **Text frames** are JSON objects carrying the same messages, arrays as nested lists.
 * Every Headway message has a ``type``. The openpi-compatible endpoint ``/`` also accepts
   a bare observation map (what openpi's client sends) and treats it as ``"observation"``.
@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from clients import wire
+import wire
 
 from stream.errors import (  # noqa: F401  (the codec's callers import the error table from here)
     CLOSE_BAD_INPUT,

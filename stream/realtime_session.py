@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from chunking.delay import DelayEstimator, DelayEstimatorConfig, clamp_horizons
+from chunking.merge import shift_chunk
 from stream.protocol import ArrayField, ObservationSpec, ProtocolError
 
 STRATEGIES = ("rtc", "naive", "sync")
@@ -193,12 +194,10 @@ class RealtimeSessionState:
         offset = tick - prev_start
         covered = prev is not None and 0 <= offset < len(prev)
         if settings.strategy == "rtc" and covered:
-            shifted = np.empty((H, self.action_dim), dtype=np.float32)
-            rest = prev[offset:][:H]
-            shifted[: len(rest)] = rest
-            shifted[len(rest):] = rest[-1]  # beyond the old plan: weight 0 in the mask anyway
+            shifted = shift_chunk(prev, offset, H)  # beyond the old plan: its last action, weight 0 in the mask anyway
+            rest = min(len(prev) - offset, H)
             # The soft mask must end where the old plan ends (H - offset), not earlier.
-            _, s_mask = clamp_horizons(d, max(s, H - len(rest)), H)
+            _, s_mask = clamp_horizons(d, max(s, H - rest), H)
             inputs.update(prev_chunk=shifted, d=d, s=s_mask, future_state=settings.future_state,
                           beta=settings.beta, schedule=settings.schedule)
         budget_s = self._budget_s(tick, prev if covered else None, prev_start)

@@ -23,6 +23,8 @@ from stream.server import HeadwayServer, ServerConfig
 
 log = logging.getLogger("headway.serve")
 
+SUMMARY = "serve models over websockets"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = ServerConfig()

@@ -1,10 +1,11 @@
 """DelayEstimator: d in ticks from executed round trips, warm-up robust, clamped d <= s <= H - d."""
 
+import numpy as np
 import pytest
 import torch
 
 from chunking.delay import DelayEstimator, DelayEstimatorConfig, batch_delays, clamp_horizons
-from chunking.merge import merge_arriving_chunk
+from chunking.merge import merge_chunk
 
 
 def estimator(**kw):
@@ -85,21 +86,21 @@ def test_warm_up_spike_causes_no_skipped_actions_afterwards():
     round_trips = iter([10, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1])
 
     def plan(tick):
-        return (tick + torch.arange(horizon, dtype=torch.float32)).reshape(1, horizon, 1)
+        return (tick + np.arange(horizon, dtype=np.float32)).reshape(horizon, 1)
 
-    active, start = plan(0), torch.tensor([0])
+    active = merge_chunk(None, plan(0), 0, 0).plan
     in_flight = None  # (chunk, request tick, arrival tick)
     next_request, executed, conditioned = 0, [], []
     for tick in range(60):
         if in_flight is not None and tick == in_flight[2]:
             chunk, req, _ = in_flight
-            active, start, _ = merge_arriving_chunk(active, start, chunk, torch.tensor([req]), tick)
+            active = merge_chunk(active, chunk, req, tick).plan
             est.observe_round_trip(req, tick)
             in_flight = None
         if in_flight is None and tick >= next_request:
             conditioned.append(est.d)
             in_flight = (plan(tick), tick, tick + next(round_trips))
             next_request = tick + s
-        executed.append(active[0, tick - int(start), 0].item())
+        executed.append(float(active.action_at(tick)[0]))
     assert executed == [float(t) for t in range(60)]
     assert max(conditioned[2:]) <= 2

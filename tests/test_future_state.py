@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from chunking.dynamics import future_state_fn
 from chunking.future_state import last_commanded_position, rollout_pending, rollout_with
 from chunking.realtime import RealtimeConfig, realtime_chunk
 from tests.tiny_policies import small_policy
@@ -34,14 +35,16 @@ def test_last_commanded_position_replaces_the_position_entries_only_where_action
     assert out.tolist() == [[3.0, 4.0, 9.0], [5.0, 5.0, 9.0]]
 
 
-def test_task_model_rollout_matches_the_simulators_predict_state():
-    sim = pytest.importorskip("clients.sim")
-    task = sim.make_task("whack")
-    state = task.reset(4, torch.Generator().manual_seed(0))
-    pending = torch.rand(4, 3, task.action_dim, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    n = torch.tensor([0, 1, 2, 3])
-    ours = rollout_with(task._model_step)(state, pending, n)
-    assert torch.allclose(ours, task.predict_state(state, pending, n), atol=1e-6)
+def test_a_task_rollout_clips_pending_actions_as_the_simulator_clips_commands():
+    rollout = future_state_fn("whack", control_hz=50.0)
+    state = torch.zeros(1, 6)
+    n = torch.tensor([2])
+    assert torch.equal(rollout(state, torch.full((1, 2, 2), 5.0), n), rollout(state, torch.ones(1, 2, 2), n))
+
+
+def test_a_task_without_a_one_tick_model_is_refused():
+    with pytest.raises(KeyError, match="known"):
+        future_state_fn("juggle", control_hz=50.0)
 
 
 def test_future_state_chunk_is_conditioned_on_each_items_rolled_state_and_reindexed():

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from websockets.sync.client import connect
 
-from benchmarks.server_process import ServerProcess
+from clients.server_process import ServerProcess
 from clients.policy_link import WebsocketPolicyLink
 from clients.robot_loop import RobotLoop
-from clients.wire import packb, unpackb
+from wire import packb, unpackb
 from policies.standin import S, standin_actions
 
 STATE = np.linspace(-1.0, 1.0, S).astype(np.float32)

@@ -1,4 +1,4 @@
-"""The wire codec (clients/wire.py) and the validated protocol (stream/protocol.py)."""
+"""The wire codec (wire) and the validated protocol (stream/protocol.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from openpi_client import msgpack_numpy as openpi
 
-from clients import wire
+import wire
 from stream import protocol
 from stream.protocol import ArrayField, ArrayMapField, ObservationSpec, ProtocolError, TextField
 

@@ -67,29 +67,6 @@ def make_loop(delays, timeout_ticks=50, **link_kwargs):
     return loop, link, robot
 
 
-def test_buffer_merge_never_replays_ticks_that_already_passed():
-    buffer = ActionBuffer(A)
-    arrival = buffer.merge(chunk([0, 1, 2, 3]), start_tick=10, now=12)
-    assert arrival.skipped == 2
-    assert buffer.pop(12)[0] == 2
-    assert buffer.pop(11) is None
-
-
-def test_buffer_newer_chunk_replaces_the_rest_of_the_older_plan():
-    buffer = ActionBuffer(A)
-    buffer.merge(chunk([0, 1, 2, 3, 4, 5]), start_tick=0, now=0)
-    buffer.merge(chunk([10, 11]), start_tick=2, now=2)
-    assert [buffer.pop(t)[0] for t in (2, 3)] == [10, 11]
-    assert buffer.pop(4) is None  # the old plan's tick 4 is not resumed
-
-
-def test_buffer_chunk_arriving_early_waits_for_its_start_tick():
-    buffer = ActionBuffer(A)
-    buffer.merge(chunk([0, 1, 2, 3]), start_tick=0, now=0)
-    buffer.merge(chunk([7, 8]), start_tick=3, now=1)
-    assert buffer.pop(1) is None  # the new plan starts at tick 3: nothing is planned before it
-
-
 def test_buffer_rejects_a_chunk_of_the_wrong_action_dimension():
     with pytest.raises(ValueError):
         ActionBuffer(A).merge(np.zeros((4, A + 1)), start_tick=0, now=0)
@@ -171,12 +148,52 @@ def test_loop_measures_delay_in_ticks_from_request_to_arrival():
     assert set(loop.stats.delay_ticks) == {3}
 
 
+class FakeClock:
+    """Time that passes only when the code under test sleeps or a robot's tick takes time."""
+
+    def __init__(self, now=100.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        assert seconds > 0
+        self.now += seconds
+
+
+def timed(robot, clock, tick_cost_s, slow=None):
+    """Record the clock at each tick's observation; each tick then takes ``tick_cost_s``
+    (``slow[k]`` for tick k)."""
+    starts = []
+    observe = robot.observe
+
+    def timed_observe():
+        starts.append(clock())
+        clock.now += (slow or {}).get(len(starts) - 1, tick_cost_s)
+        return observe()
+
+    robot.observe = timed_observe
+    return starts
+
+
 def test_run_ticks_on_a_drift_free_schedule():
-    loop, _, _ = make_loop(delays=[1] * 100)
-    loop.hz = 500.0
-    loop.run(ticks=50)
-    assert loop.tick == 50
-    assert len(loop.stats.jitter_ms) == 50
+    clock = FakeClock()
+    loop, _, robot = make_loop(delays=[1] * 100)
+    starts = timed(robot, clock, tick_cost_s=0.004, slow={3: 0.05})  # tick 3 overruns by 1.5 periods
+    loop.run(ticks=10, clock=clock, sleep=clock.sleep)
+    # tick k is due at 100 + k/50 s; the ticks after the slow one run at once until on time again
+    expected = [100.0, 100.02, 100.04, 100.06, 100.11, 100.114, 100.12, 100.14, 100.16, 100.18]
+    assert starts == pytest.approx(expected)
+    assert list(loop.stats.jitter_ms) == pytest.approx([0, 0, 0, 0, 30, 14, 0, 0, 0, 0])
+
+
+def test_run_stops_before_the_first_tick_due_after_its_duration():
+    clock = FakeClock()
+    loop, _, robot = make_loop(delays=[1] * 100)
+    timed(robot, clock, tick_cost_s=0.001)
+    loop.run(duration_s=0.5, clock=clock, sleep=clock.sleep)
+    assert loop.tick == 25
 
 
 def test_an_episode_boundary_drops_the_plan_and_asks_for_a_fresh_chunk_with_reset():
@@ -250,13 +267,28 @@ def test_a_server_warmup_spike_inflates_neither_d_nor_skips_actions():
     assert max(reply.d for reply in link.replies[2:]) <= 2  # the 20-tick first call is not counted
 
 
-def test_run_loops_ticks_every_robot_on_its_own_schedule():
-    made = [make_loop(delays=[1] * 100) for _ in range(3)]
-    loops = [loop for loop, _, _ in made]
-    for loop in loops:
-        loop.hz = 200.0
+def test_run_loops_ticks_every_robot_on_its_own_staggered_schedule():
     from clients.robot_loop import run_loops
 
-    run_loops(loops, duration_s=0.25)
-    assert all(45 <= loop.tick <= 50 for loop in loops)
-    assert all(loop.stats.chunks >= 5 for loop in loops)
+    clock = FakeClock()
+    made = [make_loop(delays=[1] * 100) for _ in range(4)]
+    starts = [timed(robot, clock, tick_cost_s=0.001) for _, _, robot in made]
+    run_loops([loop for loop, _, _ in made], duration_s=0.1, clock=clock, sleep=clock.sleep)
+    # robot i of 4 ticks at 100 + i/200 + k/50 s
+    for i, robot_starts in enumerate(starts):
+        assert robot_starts == pytest.approx([100.0 + i * 0.005 + k * 0.02 for k in range(5)])
+
+
+def test_stats_since_a_mark_count_only_what_came_after_it():
+    import copy
+
+    loop, _, _ = make_loop(delays=[2] * 10, s=4)
+    for _ in range(8):
+        loop.step()
+    mark = copy.deepcopy(loop.stats)
+    for _ in range(8):
+        loop.step()
+    later = loop.stats.since(mark)
+    assert later.ticks == 8 and later.warmup_ticks == 0
+    assert later.requests == loop.stats.requests - mark.requests
+    assert list(later.delay_ticks) == list(loop.stats.delay_ticks)[len(mark.delay_ticks):]

@@ -14,7 +14,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from clients import wire
+import wire
 from clients.sdk import PolicyClient, RequestTimeout, ServerError, SyncPolicyClient
 from policies.standin import standin_actions
 from server_harness import ServerThread, metric_value, standin, state_for
@@ -176,7 +176,7 @@ async def test_sdk_reports_server_errors_with_their_code():
 
 
 async def test_sdk_retries_until_the_server_comes_up():
-    from benchmarks.server_process import free_port
+    from clients.server_process import free_port
 
     port = free_port()
     client = PolicyClient(f"ws://127.0.0.1:{port}/", backoff_s=0.05, connect_attempts=20)
@@ -234,7 +234,7 @@ async def test_headway_serve_drains_on_sigterm_and_exits_0():
     import subprocess
     import sys
 
-    from benchmarks.server_process import free_port
+    from clients.server_process import free_port
 
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "stream.cli", "serve", "--port", str(port),

@@ -1,4 +1,4 @@
-"""Execution strategies (chunking.strategies) and chunk bookkeeping (chunking.merge)."""
+"""Execution strategies (chunking.strategies)."""
 
 import math
 
@@ -8,7 +8,6 @@ import torch
 from chunking.bid import select_coherent
 from chunking.ensemble import EnsembleConfig, TemporalEnsemble
 from chunking.future_state import rollout_with
-from chunking.merge import merge_arriving_chunk, shift_chunk
 from chunking.strategies import STRATEGIES, ChunkedController, StrategyConfig
 from tests.tiny_policies import ClockPolicy, small_policy
 
@@ -120,38 +119,6 @@ def test_controller_refuses_horizons_outside_d_le_s_le_h_minus_d():
 def test_unknown_strategy_name_is_refused():
     with pytest.raises(ValueError):
         StrategyConfig("greedy")
-
-
-def test_shift_drops_executed_actions_per_item_and_fills_the_tail():
-    chunk = torch.arange(5, dtype=torch.float32).reshape(1, 5, 1).repeat(2, 1, 1)
-    last = shift_chunk(chunk, torch.tensor([0, 2]), fill="last")[..., 0]
-    zero = shift_chunk(chunk, torch.tensor([0, 2]), fill="zero")[..., 0]
-    assert last.tolist() == [[0, 1, 2, 3, 4], [2, 3, 4, 4, 4]]
-    assert zero.tolist() == [[0, 1, 2, 3, 4], [2, 3, 4, 0, 0]]
-
-
-def test_arriving_chunk_takes_over_at_the_tick_the_producer_stated():
-    current = torch.full((2, 6, 1), -1.0)
-    arriving = torch.arange(6, dtype=torch.float32).reshape(1, 6, 1).repeat(2, 1, 1)
-    # item 0: chunk planned at tick 10, merged at 13 -> executes index 3 next; item 1: at 11 -> index 2
-    buffer, start, took = merge_arriving_chunk(current, torch.tensor([8, 8]), arriving, torch.tensor([10, 11]), 13)
-    assert took.tolist() == [True, True]
-    assert buffer[:, 0, 0].tolist() == [3.0, 2.0]
-    assert start.tolist() == [13, 13]
-
-
-def test_a_reply_whose_actions_all_lie_in_the_past_is_not_merged():
-    current = torch.arange(6, dtype=torch.float32).reshape(1, 6, 1)
-    arriving = torch.full((1, 6, 1), 9.0)
-    buffer, _, took = merge_arriving_chunk(current, torch.tensor([12]), arriving, torch.tensor([6]), 14)
-    assert took.tolist() == [False]
-    assert buffer[0, 0, 0].item() == 2.0  # the current chunk goes on at its index 14 - 12
-
-
-def test_merging_a_chunk_that_starts_in_the_future_is_refused():
-    chunk = torch.zeros(1, 4, 1)
-    with pytest.raises(ValueError):
-        merge_arriving_chunk(chunk, torch.tensor([0]), chunk, torch.tensor([5]), 3)
 
 
 def test_dropping_finished_items_keeps_the_remaining_items_on_their_own_chunks():

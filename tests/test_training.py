@@ -12,7 +12,7 @@ from clients.sim import make_task
 from clients.sim.demonstrations import collect_demonstrations
 from policies.base import PolicyConfig, checkpoint_paths
 from policies.checkpoint import load_policy
-from clients.sim.train import add_arguments, main
+from clients.train import add_arguments, main
 from policies.training import fit_statistics, train_policy
 
 

@@ -20,11 +20,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from chunking.dynamics.balance import ACCEL, GRAVITY, POLE_LENGTH
+
 from .base import VectorTask
 
-GRAVITY = 9.81
-POLE_LENGTH = 0.25  # m (point mass at the tip)
-ACCEL = 25.0  # m/s^2 per unit action
 THETA_LIMIT = 0.5  # rad
 X_LIMIT = 1.5  # m
 PUSH_EVERY = 30.0  # mean ticks between pushes
@@ -69,14 +68,6 @@ class BalanceTask(VectorTask):
         th = self._uniform(num_envs, -0.15, 0.15)
         thd = self._uniform(num_envs, -0.5, 0.5)
         return torch.stack([x, xd, th, thd], dim=1)
-
-    def _model_step(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        x, xd, th, thd = state.unbind(1)
-        a = ACCEL * action[:, 0]
-        thdd = (GRAVITY * torch.sin(th) - a * torch.cos(th)) / POLE_LENGTH
-        xd = xd + a * self.dt
-        thd = thd + thdd * self.dt
-        return torch.stack([x + xd * self.dt, xd, th + thd * self.dt, thd], dim=1)
 
     def _advance(self, commanded: torch.Tensor, executed: torch.Tensor, active: torch.Tensor) -> None:
         nxt = self._model_step(self.state, executed)

@@ -26,6 +26,8 @@ import math
 
 import torch
 
+from chunking.dynamics import future_state_fn, one_tick_model
+
 
 class VectorTask:
     """Batched simulated task; subclasses implement the ``_``-prefixed hooks.
@@ -49,6 +51,7 @@ class VectorTask:
         self.action_noise_std = float(action_noise_std)
         self.disturbances = bool(disturbances)
         self.dt = 1.0 / self.control_hz
+        self._future_state = future_state_fn(self.name, self.control_hz)
         self.generator = torch.Generator().manual_seed(0)
         self.state = torch.zeros(0, self.state_dim)
         self.t = torch.zeros(0, dtype=torch.long)
@@ -140,7 +143,8 @@ class VectorTask:
         executed before the new chunk starts; ``steps`` (int or ``[B]`` long, default k)
         says how many of them apply to each item (item b uses ``pending[b, :steps[b]]``).
         Noise-free and event-free: action noise and random disturbances are unknown at
-        prediction time. Pure function: does not touch the simulator's episodes.
+        prediction time. Pure function: does not touch the simulator's episodes. The rollout
+        is ``chunking.dynamics.future_state_fn``, the one the server uses.
         """
         if state.dim() != 2 or state.shape[1] != self.state_dim:
             raise ValueError(f"state must be [B, {self.state_dim}], got {tuple(state.shape)}")
@@ -155,12 +159,7 @@ class VectorTask:
             steps_t = steps.to(torch.long).reshape(-1)
         if bool((steps_t > k).any()) or bool((steps_t < 0).any()):
             raise ValueError("steps must lie in [0, pending.shape[1]]")
-        x = state.to(torch.float32)
-        pending = pending.to(torch.float32).clamp(-1.0, 1.0)
-        for j in range(int(steps_t.max().item()) if k else 0):
-            nxt = self._model_step(x, pending[:, j])
-            x = torch.where((j < steps_t)[:, None], nxt, x)
-        return x
+        return self._future_state(state.to(torch.float32), pending.to(torch.float32), steps_t)
 
     def reaction_ticks(self) -> torch.Tensor:
         """``[B]`` float: mean ticks from a target change to the robot's response, over the
@@ -179,8 +178,9 @@ class VectorTask:
         raise NotImplementedError  # pragma: no cover - abstract
 
     def _model_step(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """Noise-free, event-free one-tick model on state vectors (pure)."""
-        raise NotImplementedError  # pragma: no cover - abstract
+        """Noise-free, event-free one-tick model on state vectors (pure): the task's model in
+        ``chunking.dynamics``, which the server's future-state rollout uses too."""
+        return one_tick_model(self.name)(state, action, self.dt)
 
     def _expert(self, state: torch.Tensor, mode: torch.Tensor | None) -> torch.Tensor:
         """Expert action for state vectors given the hidden mode (pure)."""

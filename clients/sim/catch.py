@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import torch
 
+from chunking.dynamics.catch import ACCEL, DRAG, GRAVITY
+
 from .base import VectorTask, braking_velocity
 
-GRAVITY = 9.81
-ACCEL = 25.0
-DRAG = 1.0
 HALF_WIDTH = 0.1
 BALLS = 3
 WIND = 4.0
@@ -61,21 +60,6 @@ class CatchTask(VectorTask):
         bvx = self._uniform(b, -2.0, 2.0)
         bvy = self._uniform(b, 0.0, 1.0)
         return torch.stack([bx, by, bvx, bvy], dim=1)
-
-    def _model_step(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        px, pv, bx, by, bvx, bvy, wind = state.unbind(1)
-        pv = pv + (ACCEL * action[:, 0] - DRAG * pv) * self.dt
-        px = px + pv * self.dt
-        pv = torch.where(px.abs() > 1.0, torch.zeros_like(pv), pv)
-        px = px.clamp(-1.0, 1.0)
-        bvx = bvx + wind * self.dt
-        bvy = bvy - GRAVITY * self.dt
-        bx = bx + bvx * self.dt
-        by = by + bvy * self.dt
-        out_wall = bx.abs() > 1.0
-        bx = torch.where(out_wall, torch.sign(bx) * 2.0 - bx, bx)
-        bvx = torch.where(out_wall, -bvx, bvx)
-        return torch.stack([px, pv, bx, by, bvx, bvy, wind], dim=1)
 
     def _advance(self, commanded: torch.Tensor, executed: torch.Tensor, active: torch.Tensor) -> None:
         nxt = self._model_step(self.state, executed)

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import torch
 
+from chunking.dynamics.slalom import ACCEL
+
 from .base import VectorTask, braking_velocity
 
-SPEED = 2.0
-ACCEL = 30.0
 PILLAR_RADIUS = 0.2
 CRAFT_RADIUS = 0.05
 MARGIN = 0.1
@@ -60,11 +60,6 @@ class SlalomTask(VectorTask):
         far_up = ((c + clear) - y).abs() > REACH
         far_down = ((c - clear) - y).abs() > REACH
         return torch.where(far_up, -1.0, torch.where(far_down, 1.0, coin))
-
-    def _model_step(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        y, vy, dx, c = state.unbind(1)
-        vy = vy + ACCEL * action[:, 0] * self.dt
-        return torch.stack([y + vy * self.dt, vy, dx - SPEED * self.dt, c], dim=1)
 
     def _advance(self, commanded: torch.Tensor, executed: torch.Tensor, active: torch.Tensor) -> None:
         nxt = self._model_step(self.state, executed)

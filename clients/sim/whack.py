@@ -25,17 +25,16 @@ from __future__ import annotations
 
 import torch
 
+from chunking.dynamics.whack import ACCEL, ARENA, DRAG
+
 from .base import VectorTask, braking_velocity
 
-ACCEL = 14.0
-DRAG = 1.0
 HIT_RADIUS = 0.1
 MOLES = 4
 LIFETIME_SLACK = 0
 MIN_JUMP = 0.6
 MAX_JUMP = 1.2
 RESPONSE_DV = 0.4
-ARENA = 1.0
 
 
 class WhackTask(VectorTask):
@@ -78,15 +77,6 @@ class WhackTask(VectorTask):
         dist = (target - p).norm(dim=1)
         rest_to_rest = 2.0 * torch.sqrt(dist / (0.8 * ACCEL)) * self.control_hz
         return torch.ceil(rest_to_rest).long() + LIFETIME_SLACK
-
-    def _model_step(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        p, v, target = state[:, 0:2], state[:, 2:4], state[:, 4:6]
-        v = v + (ACCEL * action - DRAG * v) * self.dt
-        p = p + v * self.dt
-        hit_wall = p.abs() > ARENA
-        v = torch.where(hit_wall, torch.zeros_like(v), v)
-        p = p.clamp(-ARENA, ARENA)
-        return torch.cat([p, v, target], dim=1)
 
     def _advance(self, commanded: torch.Tensor, executed: torch.Tensor, active: torch.Tensor) -> None:
         nxt = self._model_step(self.state, executed)

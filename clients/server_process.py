@@ -1,4 +1,6 @@
-"""A ``headway serve`` in a separate process, for benchmarks that need a real server."""
+"""A ``headway serve`` in a separate process, for clients that need a server of their own
+(the demo, the benchmarks, the tests). It starts ``python -m stream.cli serve``: a process,
+not an import, so the client side stays apart from the server's code."""
 
 from __future__ import annotations
 

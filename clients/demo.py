@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+SUMMARY = "serve the shipped policy and drive a simulated robot against it"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default="whack", help="shipped checkpoint to serve and simulate (default %(default)s)")
@@ -103,7 +105,7 @@ def paint(queue, path: Path, task: str, hz: float) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from benchmarks.server_process import ServerProcess
+    from clients.server_process import ServerProcess
     from clients.policy_link import WebsocketPolicyLink
     from clients.robot_loop import RobotLoop
     from clients.sim_robot import SimRobot

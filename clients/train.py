@@ -1,8 +1,9 @@
 """``headway train policy``: collect expert demonstrations from a simulated task and train
 an action-chunk policy on them by behaviour cloning (``policies.training``).
 
-This is where training meets the simulators, so it lives with them: ``policies`` stays a
-library that takes tensors (DESIGN rule 4).
+This is where training meets the simulators, so it lives with their clients: ``policies``
+stays a library that takes tensors (DESIGN rule 4). Not inside ``clients.sim``, whose
+package imports torch: ``headway --help`` imports every command's module.
 """
 
 from __future__ import annotations
@@ -13,14 +14,7 @@ import math
 import time
 from pathlib import Path
 
-import torch
-
-from clients.sim import make_task
-from clients.sim.demonstrations import collect_demonstrations
-from clients.sim.expert_chunks import run_chunked
-from policies.base import CHECKPOINT_DIR, PolicyConfig
-from policies.checkpoint import save_policy
-from policies.training import DEFAULT_NUM_STEPS, DEFAULT_STEPS, fit_statistics, save_loss_curve, train_policy
+SUMMARY = "collect expert demonstrations and train an action-chunk policy"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,13 +32,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--future-offset-max", type=int, default=0, help="VLASH offset training: delta ~ U{0..K}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--out", type=Path, default=CHECKPOINT_DIR, help="checkpoint directory")
+    parser.add_argument("--out", type=Path, default=None, help="checkpoint directory (default: the shipped ones, models/checkpoints)")
     parser.add_argument("--plot", type=Path, default=None, help="loss-curve PNG (default OUT/TASK_FAMILY_loss.png)")
     parser.add_argument("--eval-episodes", type=int, default=500, help="sync closed-loop check after training (0: skip)")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from clients.sim import make_task
+    from clients.sim.demonstrations import collect_demonstrations
+    from clients.sim.expert_chunks import run_chunked
+    from policies.base import CHECKPOINT_DIR, PolicyConfig
+    from policies.checkpoint import save_policy
+    from policies.training import DEFAULT_NUM_STEPS, DEFAULT_STEPS, fit_statistics, save_loss_curve, train_policy
+
+    args.out = args.out or CHECKPOINT_DIR
     torch.set_num_threads(max(1, args.threads))
     task = make_task(args.task)
     t0 = time.perf_counter()
