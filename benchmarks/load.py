@@ -37,7 +37,7 @@ import numpy as np
 
 from clients.server_process import ServerProcess
 
-import wire
+from stream import wire
 
 SUMMARY = "open-loop load test of a server; prints JSON"
 

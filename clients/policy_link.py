@@ -24,7 +24,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from clients.robot_loop import ChunkReply, RequestFailed, request_realtime_priority
-from wire import packb, unpackb
+from stream.wire import packb, unpackb
 
 
 class LinkHub:

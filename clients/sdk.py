@@ -35,7 +35,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-import wire
+from stream import wire
 
 RETRYABLE_STATUS = {502, 503, 504}
 NONFATAL_CODES = {"deadline_exceeded", "superseded", "queue_full"}

@@ -30,7 +30,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
-from clients import wire
+from stream import wire
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-import wire
+from stream import wire
 
 from stream.errors import (  # noqa: F401  (the codec's callers import the error table from here)
     CLOSE_BAD_INPUT,

@@ -31,9 +31,8 @@ from typing import TYPE_CHECKING, Any
 from stream import protocol
 from stream.engine import Result
 from stream.errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL, ProtocolError
-from stream.realtime_session import PreparedRequest, RealtimeSessionState
-
 if TYPE_CHECKING:
+    from stream.realtime_session import PreparedRequest
     from stream.registry import LoadedModel
 
 
@@ -257,6 +256,8 @@ class RealtimePolicyProtocol(RequestReplyProtocol):
 
     def __init__(self, model: "LoadedModel", *, budget_s: float, max_pending: int = 8):
         super().__init__(model, budget_s=budget_s, max_pending=max_pending)
+        from stream.realtime_session import RealtimeSessionState  # its delay estimator imports torch
+
         meta = model.metadata
         self.state = RealtimeSessionState(model.observation_spec, horizon=int(meta["action_horizon"]),
                                           action_dim=int(meta["action_dim"]),
@@ -295,7 +296,7 @@ class RealtimePolicyProtocol(RequestReplyProtocol):
                               self.state.settings.degrade, prepared.target_s, prepared)
 
     def _reply(self, owed: _Owed, result: Result, timing: dict[str, Any], now_ns: int) -> dict[str, Any]:
-        prepared: PreparedRequest = owed.context
+        prepared: "PreparedRequest" = owed.context
         server_s = (now_ns - owed.arrival_ns) / 1e9
         return {"type": "chunk", **self.state.completed(prepared, result.output, server_s, result.queue_ns / 1e9),
                 "degraded": result.degraded, "timing": timing}

@@ -19,7 +19,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-import wire
+from stream import wire
 from policies.standin import standin_actions
 from server_harness import ServerThread, metric_value, standin, state_for
 from stream.server import ServerConfig

@@ -16,7 +16,7 @@ from websockets.sync.client import connect
 from clients.server_process import ServerProcess
 from clients.policy_link import WebsocketPolicyLink
 from clients.robot_loop import RobotLoop
-from wire import packb, unpackb
+from stream.wire import packb, unpackb
 from policies.standin import S, standin_actions
 
 STATE = np.linspace(-1.0, 1.0, S).astype(np.float32)

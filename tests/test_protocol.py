@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from openpi_client import msgpack_numpy as openpi
 
-import wire
+from stream import wire
 from stream import protocol
 from stream.protocol import ArrayField, ArrayMapField, ObservationSpec, ProtocolError, TextField
 

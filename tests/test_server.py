@@ -14,7 +14,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-import wire
+from stream import wire
 from clients.sdk import PolicyClient, RequestTimeout, ServerError, SyncPolicyClient
 from policies.standin import standin_actions
 from server_harness import ServerThread, metric_value, standin, state_for

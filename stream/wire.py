@@ -1,8 +1,8 @@
 """Headway's binary wire format: msgpack with numpy arrays, exactly as openpi encodes them.
 
-This is the whole codec a robot needs; it depends on ``msgpack`` and ``numpy`` only. It is its
-own package because it is the contract between the two sides: the server (``stream``) and
-the clients (``clients``) both import it, and neither imports the other.
+This is the whole codec a robot needs; it depends on ``msgpack`` and ``numpy`` only. It is the
+contract between the two sides: the server (``stream``) and the clients (``clients``) both
+import it, and it is the one module of ``stream`` that clients import.
 
 * A numpy array travels as a map
   ``{b"__ndarray__": True, b"data": <raw bytes>, b"dtype": "<f4", b"shape": [50, 14]}``
