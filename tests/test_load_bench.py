@@ -21,16 +21,22 @@ def run_bench(*argv: str) -> dict:
     return json.loads(lines[0])
 
 
+# A budget no reply of a 2 ms stand-in comes near, even on two loaded cores: every reply is
+# on time, so a miss counted is the bench's mistake.
+GENEROUS_BUDGET_MS = "5000"
+
+
 def test_bench_starts_its_own_server_and_reports_the_documented_keys():
     result = run_bench("--model", "standin", "--standin-ms", "2", "--clients", "3", "--rate", "10",
-                       "--duration", "1")
+                       "--duration", "1", "--budget-ms", GENEROUS_BUDGET_MS)
     assert KEYS <= set(result)
     assert result["wanted_hz"] == 30 and result["requests"] == 30
-    assert result["errors"] == 0 and result["replies_ok"] + result["deadline_misses"] >= 30
+    assert (result["errors"], result["replies_ok"], result["deadline_misses"]) == (0, 30, 0)
 
 
 def test_bench_against_a_running_server_with_vla_payload():
     with ServerThread([standin(1)], ServerConfig(token="tk")) as server:
         result = run_bench("--url", server.url, "--token", "tk", "--clients", "2", "--rate", "10",
-                           "--duration", "1", "--payload", "vla")
-    assert result["errors"] == 0 and result["replies_ok"] == 20 and result["server"] == server.url
+                           "--duration", "1", "--payload", "vla", "--budget-ms", GENEROUS_BUDGET_MS)
+    assert (result["errors"], result["replies_ok"], result["deadline_misses"]) == (0, 20, 0)
+    assert result["server"] == server.url

@@ -4,6 +4,8 @@ configured as ``headway serve --model standin`` configures it."""
 from __future__ import annotations
 
 import argparse
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -65,3 +67,26 @@ def test_openpi_observation_with_images_and_prompt():
                "images": {"cam_high": np.zeros((224, 224, 3), np.uint8),
                           "cam_left_wrist": np.zeros((3, 224, 224), np.uint8)}}
         assert np.allclose(policy.infer(obs)["actions"], standin_actions(state_for(5)[None])[0])
+
+
+def test_concurrent_openpi_clients_batched_together_each_get_the_chunk_for_their_own_state():
+    # Later flags win: a call long enough for the others to queue behind, and a budget they all make.
+    models, config = serve_args("--standin-ms", "50", "--budget-ms", "2000")
+    clients, rounds = 4, 4
+    with ServerThread(models, config) as server:
+        policies = [WebsocketClientPolicy("127.0.0.1", server.port) for _ in range(clients)]
+        start = threading.Barrier(clients)
+
+        def run(i: int) -> list[dict]:
+            replies = []
+            for r in range(rounds):
+                start.wait(10)  # all clients send at once, so requests queue behind a call
+                replies.append(policies[i].infer({"state": state_for(10 * i + r)}))
+            return replies
+
+        with ThreadPoolExecutor(clients) as pool:
+            replies = list(pool.map(run, range(clients)))
+    for i, session in enumerate(replies):
+        for r, reply in enumerate(session):
+            assert np.allclose(reply["actions"], standin_actions(state_for(10 * i + r)[None])[0]), (i, r)
+    assert max(reply["server_timing"]["batch_size"] for session in replies for reply in session) > 1

@@ -129,12 +129,29 @@ def test_warm_start_with_too_many_steps_is_refused(family):
         policy.sample(torch.randn(2, S), warm_start=WarmStart(torch.zeros(2, H, A), steps=6))
 
 
-def test_flow_warm_start_with_one_step_stays_near_the_given_chunk():
+class RecordingFlowGuide:
+    """A pass-through guide that records the flow time and the sample each step starts from."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[float, torch.Tensor]] = []
+
+    def flow_velocity(self, x, tau, denoise):
+        self.steps.append((float(tau[0]), x.detach().clone()))
+        with torch.no_grad():
+            return denoise(x)
+
+
+def test_flow_warm_start_renoises_the_given_chunk_to_the_flow_time_of_its_last_steps():
     policy = make_policy("flow", 10)
+    state = torch.randn(2, S)
     given = torch.full((2, H, A), 0.3)
-    out = policy.sample(torch.randn(2, S), warm_start=WarmStart(given, steps=1))
-    # tau0 = 0.9: only 10% noise (times the action std) is mixed in, then one short step.
-    assert (out - given).abs().max().item() < 2.0
+    plain, warm = RecordingFlowGuide(), RecordingFlowGuide()
+    policy.sample(state, guide=plain, generator=torch.Generator().manual_seed(5))
+    policy.sample(state, guide=warm, warm_start=WarmStart(given, steps=1), generator=torch.Generator().manual_seed(5))
+    noise = plain.steps[0][1]  # plain sampling starts from the noise itself, at tau = 0
+    [(tau0, start)] = warm.steps  # one step, from tau0 = 1 - k/n = 0.9
+    assert tau0 == pytest.approx(0.9)
+    torch.testing.assert_close(start, 0.1 * noise + 0.9 * policy.normalize_actions(given))
 
 
 def test_flow_guide_is_called_once_per_step_with_increasing_flow_time():

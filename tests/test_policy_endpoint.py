@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from clients.server_process import ServerProcess
@@ -68,14 +70,14 @@ def test_text_frames_get_text_replies(server):
     np.testing.assert_allclose(np.array(reply["actions"]), CHUNK, rtol=1e-6)
 
 
-def test_an_observation_before_hello_closes_with_1008(server):
+def test_an_observation_before_hello_is_an_unknown_type_and_closes_with_1008(server):
     with connect(server.url("/v1/policy")) as ws:
         ws.send(packb({"type": "observation", "request_id": 0, "tick": 0, "state": STATE}))
-        error = json.loads(ws.recv())
-        with pytest.raises(Exception):
-            ws.recv()
-    assert error["type"] == "error"
-    assert ws.close_code == 1008
+        error = json.loads(ws.recv(timeout=10))
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+    assert (error["type"], error["code"]) == ("error", "unknown_type")
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008  # the server's close frame
 
 
 def test_robot_loop_executes_only_actions_of_its_own_chunks(server):
@@ -92,27 +94,62 @@ def test_robot_loop_executes_only_actions_of_its_own_chunks(server):
         assert np.abs(CHUNK - action).max(axis=1).min() < 1e-5
 
 
-def test_robot_holds_while_the_server_restarts_then_resumes(server):
-    robot = ConstantRobot()
+@dataclass(frozen=True)
+class Applied:
+    action: np.ndarray
+    held: bool  # the loop counted this tick as an underrun: it had no planned action
+
+
+class TracingRobot:
+    """A robot whose state the test sets; it records every applied action and whether the
+    loop (``self.loop``, set once it exists) counted that tick as an underrun."""
+
+    def __init__(self, state: np.ndarray):
+        self.state = state
+        self.loop: RobotLoop | None = None
+        self.applied: list[Applied] = []
+        self._underruns = 0
+
+    def observe(self):
+        return {"state": self.state}
+
+    def apply(self, action):
+        underruns = self.loop.stats.underruns  # the loop counts an underrun before applying
+        self.applied.append(Applied(np.array(action), held=underruns > self._underruns))
+        self._underruns = underruns
+
+
+def is_row_of(action: np.ndarray, chunk: np.ndarray) -> bool:
+    return bool(np.abs(chunk - action).max(axis=1).min() < 1e-5)
+
+
+def test_robot_holds_its_last_action_while_the_server_restarts_then_resumes_from_a_fresh_chunk(server):
+    after_state = STATE + 0.5  # the robot moved while the server was down
+    chunk_after = standin_actions(after_state[None])[0]
+    robot = TracingRobot(STATE)
     link = WebsocketPolicyLink(server.url("/v1/policy"), {"strategy": "rtc"}, backoff_s=(0.05, 0.2))
     try:
         link.wait_ready()
-        loop = RobotLoop(robot, link, action_dim=14, hz=100.0, timeout_ticks=10)
+        loop = robot.loop = RobotLoop(robot, link, action_dim=14, hz=100.0, timeout_ticks=10)
         loop.start()
         assert wait_for(lambda: loop.stats.chunks >= 2)
         server.stop()
         assert wait_for(lambda: loop.stats.underruns > 0)  # out of plan: holding
-        chunks_while_down = loop.stats.chunks
+        robot.state = after_state  # every chunk computed from now on is for this state
         server.start()
-        assert wait_for(lambda: loop.stats.chunks > chunks_while_down + 2)  # back, and executing again
-        applied = len(robot.applied)
-        underruns = loop.stats.underruns
-        assert wait_for(lambda: len(robot.applied) > applied + 20)
+        assert wait_for(lambda: sum(is_row_of(a.action, chunk_after) for a in robot.applied) > 20)
     finally:
         loop.stop()
         link.close()
+    applied = list(robot.applied)
+    resumed = next(i for i, a in enumerate(applied) if is_row_of(a.action, chunk_after))
+    assert all(is_row_of(a.action, CHUNK) for a in applied[:resumed])  # its own plan, or holding it
+    assert sum(a.held for a in applied[:resumed]) >= 10  # held through the outage ...
+    for previous, tick in zip(applied, applied[1:]):
+        if tick.held:  # ... by repeating the last action applied
+            assert np.array_equal(tick.action, previous.action)
+    assert all(is_row_of(a.action, chunk_after) for a in applied[resumed:])  # then only the fresh chunk
     assert link.connects >= 2
-    assert loop.stats.underruns >= underruns
 
 
 def test_replies_to_abandoned_requests_are_never_executed():

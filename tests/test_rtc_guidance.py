@@ -141,3 +141,64 @@ def test_diffusion_correction_moves_the_clean_estimate_toward_the_target():
         return (weights[..., None] * (target - x0)).pow(2).sum().item()
 
     assert err(eps_g) < err(eps)
+
+
+# The guided step against the paper's expressions on a linear field, whose Jacobian is known:
+# v(x) = k x + m (flow velocity) or eps(x) = k x + m (diffusion noise prediction), k a scalar.
+K = 0.6
+
+
+def linear_field(seed: int, batch: int):
+    m = torch.randn(batch, H, A, generator=torch.Generator().manual_seed(seed))
+    return lambda x: K * x + m
+
+
+def guide_inputs(batch: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    target = torch.randn(batch, H, A, generator=g)
+    weights = torch.rand(batch, H, generator=g)  # any weights: the step must not depend on the mask's shape
+    x = torch.randn(batch, H, A, generator=g)
+    return target, weights, x
+
+
+def rtc_flow_weight(tau: torch.Tensor, beta: float) -> torch.Tensor:
+    """RTC Algorithm 1: min(beta, (1 - tau) / (tau r²)), r² = (1 - tau)² / (tau² + (1 - tau)²)."""
+    r2 = (1 - tau) ** 2 / (tau**2 + (1 - tau) ** 2)
+    return torch.clamp((1 - tau) / (tau * r2), max=beta)
+
+
+FLOW_TAUS = [0.1, 0.3, 0.5, 0.8]  # beta = 5 clips the weight at 0.1 (9.1) only
+DIFFUSION_ALPHA_BARS = [0.05, 0.3, 0.6, 0.95]  # beta = 3 clips at 0.05 and 0.95 (4.6) only
+
+
+@pytest.mark.parametrize("batch", [len(FLOW_TAUS), 1], ids=["batched", "alone"])
+def test_guided_flow_velocity_is_the_papers_step_on_a_linear_field(batch):
+    beta = 5.0
+    for first in range(0, len(FLOW_TAUS), batch):
+        tau = torch.tensor(FLOW_TAUS[first:first + batch])
+        target, weights, x = guide_inputs(batch, seed=first)
+        velocity = linear_field(first, batch)
+        t = tau.reshape(-1, 1, 1)
+        x1_hat = x + (1 - t) * velocity(x)  # one-step estimate of the clean chunk
+        g = (1 + (1 - t) * K) * (weights[..., None] * (target - x1_hat))  # eᵀ ∂x̂1/∂x
+        expected = velocity(x) + rtc_flow_weight(t, beta) * g
+        guided = RealTimeChunkingGuide(target, weights, beta).flow_velocity(x, tau, velocity)
+        torch.testing.assert_close(guided, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch", [len(DIFFUSION_ALPHA_BARS), 1], ids=["batched", "alone"])
+def test_guided_diffusion_epsilon_is_the_pigdm_step_on_a_linear_field(batch):
+    beta = 3.0
+    for first in range(0, len(DIFFUSION_ALPHA_BARS), batch):
+        ab = torch.tensor(DIFFUSION_ALPHA_BARS[first:first + batch])
+        target, weights, x = guide_inputs(batch, seed=first)
+        epsilon = linear_field(first, batch)
+        a = ab.reshape(-1, 1, 1)
+        x0_hat = (x - (1 - a).sqrt() * epsilon(x)) / a.sqrt()
+        g = (1 - (1 - a).sqrt() * K) / a.sqrt() * (weights[..., None] * (target - x0_hat))  # eᵀ ∂x̂0/∂x
+        # ΠGDM adds g / r² to the score, r² = 1 - ᾱ, and ε = -sqrt(1 - ᾱ) score; the clip at
+        # beta (on the flow weight of the same noise level, 1 / sqrt(ᾱ (1 - ᾱ))) scales it down.
+        clip = torch.clamp(beta * (a * (1 - a)).sqrt(), max=1.0)
+        expected = epsilon(x) - clip * g / (1 - a).sqrt()
+        guided = RealTimeChunkingGuide(target, weights, beta).diffusion_epsilon(x, ab, epsilon)
+        torch.testing.assert_close(guided, expected, rtol=1e-5, atol=1e-5)

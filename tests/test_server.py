@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 import urllib.error
 import urllib.request
 
@@ -202,7 +201,8 @@ def test_sync_sdk_for_code_that_is_not_async():
 
 async def test_event_loop_keeps_answering_while_a_model_computes_for_200_ms():
     """Model code runs off the loop: during a 200 ms call, /healthz and another model's
-    sessions keep answering (judged by progress during the call, with a generous bound)."""
+    sessions keep answering, judged by how many answers come while the call is running
+    (about a dozen per call; a loop blocked by the call would give one at most)."""
     with ServerThread([standin(200, alias="slow"), standin(0, alias="fast")],
                       ServerConfig(budget_s=2.0)) as server:
         loop = asyncio.get_running_loop()
@@ -210,22 +210,19 @@ async def test_event_loop_keeps_answering_while_a_model_computes_for_200_ms():
                 connect(server.url + "?model=fast", compression=None) as fast:
             await slow.recv()
             await fast.recv()
-            fast_during, health_during, worst = 0, 0, 0.0
+            fast_during, health_during = 0, 0
             for _ in range(2):
                 await slow.send(wire.packb({"state": state_for(0)}))
                 slow_reply = asyncio.create_task(slow.recv())
                 while not slow_reply.done():
-                    t = time.perf_counter()
                     reply = await infer(fast, state_for(1))
                     status = await loop.run_in_executor(None, http_status, server.http + "/healthz")
-                    worst = max(worst, time.perf_counter() - t)
                     if not slow_reply.done():
                         fast_during += reply["actions"].shape == (50, 14)
                         health_during += status == 200
                     await asyncio.sleep(0.01)
                 assert wire.unpackb(slow_reply.result())["server_timing"]["infer_ms"] >= 200
     assert fast_during >= 4 and health_during >= 4
-    assert worst < 0.15  # a blocked loop would hold both for the whole 200 ms call
 
 
 async def test_headway_serve_drains_on_sigterm_and_exits_0():
