@@ -98,11 +98,6 @@ def register_resolver(resolver: Resolver, listing: Listing) -> None:
     _RESOLVERS.append((resolver, listing))
 
 
-def names() -> list[str]:
-    """The names registered with :func:`register` (no plugins imported; see :func:`known_models`)."""
-    return sorted(_FACTORIES)
-
-
 def known_models() -> list[KnownModel]:
     """Every model ``load`` accepts: registered factories first, then each resolver's listing.
 
@@ -127,7 +122,7 @@ def describe_models() -> str:
 
 
 def unknown_model_message(name: str) -> str:
-    """``unknown model 'x'; known: ...`` naming every accepted name, the closest first."""
+    """``unknown model 'x' (did you mean 'y'?); known: ...``, naming every accepted name."""
     known = known_models()
     accepted = [model.name for model in known] + [alias for model in known for alias in model.aliases]
     close = difflib.get_close_matches(name, accepted, n=1)
