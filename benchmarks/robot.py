@@ -36,12 +36,13 @@ SUMMARY = "simulated robots in real time against a server; prints JSON"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default="whack", help="simulated task (default: whack, the one with sudden target changes)")
-    parser.add_argument("--family", default="flow", choices=("flow", "diffusion"))
-    parser.add_argument("--robots", type=int, default=8)
+    parser.add_argument("--family", default="flow", choices=("flow", "diffusion"), help="policy family served (default %(default)s)")
+    parser.add_argument("--robots", type=int, default=8, help="simulated robots, one session each (default %(default)s)")
     parser.add_argument("--hz", type=float, default=50.0, help="control rate of every robot")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of running, warm-up included")
     parser.add_argument("--warmup-s", type=float, default=3.0, help="seconds not counted at the start")
-    parser.add_argument("--strategy", default="rtc", choices=("rtc", "naive", "sync"))
+    parser.add_argument("--strategy", default="rtc", choices=("rtc", "naive", "sync"),
+                        help="execution strategy asked for in every hello (default %(default)s)")
     parser.add_argument("--future-state", action="store_true", help="condition on the rolled-forward state (VLASH)")
     parser.add_argument("--beta", type=float, default=None, help="max guidance weight (server default if unset)")
     parser.add_argument("--s", type=int, default=None, help="execution horizon (default: chosen from d)")
@@ -51,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="client-side network delay, MS/2 each way")
     parser.add_argument("--timeout-ticks", type=int, default=25, help="abandon a request unanswered this long")
     parser.add_argument("--url", default=None, help="server to use (default: start one)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the robots' episodes (default %(default)s)")
     parser.add_argument("--rt-priority", type=int, default=50,
                         help="SCHED_FIFO priority of the robots' scheduler thread, as control loops run "
                              "(ignored without the privilege; 0 = normal scheduling)")

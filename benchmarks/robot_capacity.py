@@ -42,20 +42,20 @@ DEFAULT_RAMP = (8, 16, 32, 64, 96, 128)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default="whack", help="shipped checkpoint to serve (default %(default)s)")
-    parser.add_argument("--family", default="flow", choices=("flow", "diffusion"))
+    parser.add_argument("--family", default="flow", choices=("flow", "diffusion"), help="policy family of the checkpoint")
     parser.add_argument("--robots", type=int, nargs="+", default=list(DEFAULT_RAMP),
                         help="robots per step of the ramp (default %(default)s)")
     parser.add_argument("--hz", type=float, default=50.0, help="control rate of every robot")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per step, warm-up included")
     parser.add_argument("--warmup-s", type=float, default=2.0, help="seconds of each step not counted")
-    parser.add_argument("--strategy", default="rtc", choices=("rtc", "naive", "sync"))
+    parser.add_argument("--strategy", default="rtc", choices=("rtc", "naive", "sync"), help="execution strategy of every robot")
     parser.add_argument("--future-state", action="store_true", help="condition on the rolled-forward state (VLASH)")
     parser.add_argument("--states", type=Path, default=None, metavar="FILE.npy",
                         help="recorded states [T, S] to replay (default: a synthetic random walk)")
     parser.add_argument("--timeout-ticks", type=int, default=25, help="abandon a request unanswered this long")
     parser.add_argument("--keep-going", action="store_true", help="run every step even after one had underruns")
     parser.add_argument("--url", default=None, help="server to use (default: start one)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic states")
     parser.add_argument("--rt-priority", type=int, default=50,
                         help="SCHED_FIFO priority of the robots' scheduler thread and the sockets' thread "
                              "(ignored without the privilege; 0 = normal scheduling)")

@@ -66,14 +66,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", nargs="+", default=None, help="tasks to run (default: every task with a checkpoint)")
     parser.add_argument("--policy", choices=("flow", "diffusion"), default="flow", help="policy family")
     parser.add_argument("--episodes", type=int, default=None, help="episodes per cell (default 1100, quick 100)")
-    parser.add_argument("--strategies", nargs="+", default=list(STRATEGY_ORDER), choices=STRATEGY_ORDER)
-    parser.add_argument("--delays", nargs="+", type=int, default=list(DELAYS))
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGY_ORDER), choices=STRATEGY_ORDER,
+                        help="execution strategies to run (default: all)")
+    parser.add_argument("--delays", nargs="+", type=int, default=list(DELAYS), help="inference delays d in ticks (default 0 1 2 3 4)")
     parser.add_argument("--beta", type=float, default=1.0,
                         help="max guidance weight of rtc, hard_mask and rtc_future (default 1; the Kinetix reference's 5 "
                              "is for H = 8: see docs/robotics.md for the ablation on these tasks)")
     parser.add_argument("--future-beta", type=float, default=None, help="max guidance weight of rtc_future (default: --beta)")
     parser.add_argument("--bid-samples", type=int, default=None, help="BID candidates per item (default 16, quick 8)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of every cell's episodes (default %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--checkpoints", type=Path, default=None, help="checkpoint directory (default: the shipped ones)")
     parser.add_argument("--resume", action="store_true",

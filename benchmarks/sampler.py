@@ -33,12 +33,12 @@ SUMMARY = "time plain, RTC-guided and warm-started sampling; prints JSON"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 16])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 16], help="batch sizes to time (default 1 16)")
     parser.add_argument("--reps", type=int, default=50, help="timed calls per measurement (median)")
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=5, help="untimed calls before measuring (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default %(default)s)")
     parser.add_argument("--out", type=Path, default=None, help="also write DIR/sampler.json")
-    parser.add_argument("--checkpoints", type=Path, default=None)
+    parser.add_argument("--checkpoints", type=Path, default=None, help="checkpoint directory (default: the shipped ones)")
 
 
 def _interleaved_median_ms(fns: list, reps: int, warmup: int) -> list[float]:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import errno
 import multiprocessing
+import sys
 import time
 from collections import deque
 from pathlib import Path
@@ -27,10 +29,11 @@ SUMMARY = "serve the shipped policy and drive a simulated robot against it"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default="whack", help="shipped checkpoint to serve and simulate (default %(default)s)")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000, help="port to serve on (default %(default)s)")
     parser.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
     parser.add_argument("--out", default="out/demo", help="where live.png goes (default %(default)s)")
-    parser.add_argument("--refresh-s", type=float, default=2.0)
+    parser.add_argument("--refresh-s", type=float, default=2.0,
+                        help="seconds between redrawn pictures and printed status lines (default %(default)s)")
     parser.add_argument("--window-s", type=float, default=6.0, help="seconds of history in the picture")
 
 
@@ -112,7 +115,15 @@ def main(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with ServerProcess(["--model", args.task, "--model", "standin"], port=args.port) as server:
+    server = ServerProcess(["--model", args.task, "--model", "standin"], port=args.port)
+    try:
+        server.start()
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        print(f"headway demo: {exc.strerror}", file=sys.stderr)
+        return 1
+    try:
         print(f"headway: serving {args.task} on {server.url('/')} and {server.url('/v1/policy')}, "
               f"the stand-in on {server.url('/?model=standin')}", flush=True)
         link = WebsocketPolicyLink(server.url("/v1/policy"), {"strategy": "rtc", "future_state": True})
@@ -148,4 +159,6 @@ def main(args: argparse.Namespace) -> int:
             link.close()
             pictures.put(None)
             painter.join(10)
+    finally:
+        server.stop()
     return 0

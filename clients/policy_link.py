@@ -7,6 +7,10 @@ connection drops (server restart, ``abandon``), and says ``hello`` again on ever
 connection. Replies are tagged with the connection they came on: one from a connection the
 loop abandoned is discarded, never executed.
 
+A refusal that retrying cannot mend ends the link, and ``wait_ready`` raises it at once:
+:class:`clients.sdk.HandshakeRefused` (an HTTP answer to the handshake other than 502-504:
+wrong path, token, model) or :class:`PolicyServerError` (the server refused the hello).
+
 The messages are those of ``docs/protocol.md`` (section ``/v1/policy``).
 """
 
@@ -21,9 +25,10 @@ from typing import Any
 
 import numpy as np
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from clients.robot_loop import ChunkReply, RequestFailed, request_realtime_priority
+from clients.sdk import RETRYABLE_STATUS, HandshakeRefused
 from stream.wire import packb, unpackb
 
 
@@ -65,8 +70,10 @@ class PolicyServerError(RuntimeError):
 class WebsocketPolicyLink:
     """See the module docstring. ``hello`` is sent as given (``type`` added).
 
-    ``wait_ready(timeout)`` blocks until the first ``ready`` and returns the model metadata.
-    Counters: ``connects``, ``errors`` (error messages received), ``last_error``.
+    ``wait_ready(timeout)`` blocks until the first ``ready`` and returns the model metadata,
+    or raises the refusal that ended the link (see the module docstring), or ``TimeoutError``
+    naming the last failed attempt. Counters: ``connects``, ``errors`` (error messages
+    received), ``last_error``.
     """
 
     def __init__(
@@ -95,6 +102,7 @@ class WebsocketPolicyLink:
         self._last_sent: tuple[int, int] | None = None  # (request id, epoch) of the last request sent
         self._closed = False
         self._fatal: BaseException | None = None
+        self._last_failure: str | None = None  # why the last connection attempt failed
         self._task = self.hub.run(self._run())
 
     # -- called from the robot loop's thread: never blocks ---------------------------------
@@ -118,7 +126,8 @@ class WebsocketPolicyLink:
 
     def wait_ready(self, timeout: float = 30.0) -> dict[str, Any]:
         if not self._ready.wait(timeout):
-            raise TimeoutError(f"no ready from {self.url} within {timeout} s")
+            failure = f"; last attempt: {self._last_failure}" if self._last_failure else ""
+            raise TimeoutError(f"no ready from {self.url} within {timeout} s{failure}")
         if self._fatal is not None:
             raise self._fatal
         assert self.metadata is not None
@@ -183,18 +192,25 @@ class WebsocketPolicyLink:
                     self._ws = ws
                     epoch = self._epoch
                     self.connects += 1
+                    self._last_failure = None
                     self._ready.set()
                     delay = self.backoff_s[0]
                     async for frame in ws:  # errors come as JSON text frames, chunks as binary
                         self._on_message(epoch, unpackb(frame) if isinstance(frame, bytes) else json.loads(frame))
                         if self._ws is not ws:
                             break
+            except InvalidStatus as exc:
+                if exc.response.status_code not in RETRYABLE_STATUS:
+                    self._fatal = HandshakeRefused(self.url, exc.response)
+                    self._ready.set()
+                    return
+                self._last_failure = str(HandshakeRefused(self.url, exc.response))
             except PolicyServerError as exc:
                 self._fatal = exc
                 self._ready.set()
                 return
-            except (OSError, ConnectionClosed, asyncio.TimeoutError, ValueError):
-                pass
+            except (OSError, ConnectionClosed, InvalidHandshake, asyncio.TimeoutError, ValueError) as exc:
+                self._last_failure = f"{type(exc).__name__}: {exc}"
             finally:
                 self._ws = None
             if self._closed:

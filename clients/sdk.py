@@ -10,7 +10,9 @@ Contracts:
 
 * **Connect with retry.** ``connect()`` retries refused connections, 503 (server draining or
   starting) and ``at_capacity`` refusals with exponential backoff and jitter, up to
-  ``connect_attempts`` times; a 401 (wrong token) or 404 fails at once.
+  ``connect_attempts`` times; any other HTTP answer to the handshake (401 wrong token, 404
+  wrong path, 400 bad query, 403 origin) fails at once with :class:`HandshakeRefused`, which
+  carries the status and the server's reason.
 * **A timeout per request.** ``infer`` raises :class:`RequestTimeout` when no reply came
   within ``timeout_s``. The session is then closed and a new one opened on the next call:
   a reply that arrives late belongs to the dead connection and can never be read as the
@@ -34,6 +36,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.http11 import Response
 
 from stream import wire
 
@@ -48,6 +51,26 @@ class ServerError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+class HandshakeRefused(InvalidStatus):
+    """The server answered the websocket handshake with an HTTP error instead of a session.
+
+    ``status`` is the HTTP status, ``reason`` the text the server sent with it (Headway says
+    which endpoints exist, which token or model was wrong). Also an ``InvalidStatus``, so code
+    that catches websockets' exception (``.response``) still does.
+    """
+
+    def __init__(self, url: str, response: Response):
+        super().__init__(response)
+        self.url = url
+        self.status = response.status_code
+        self.reason = bytes(response.body).decode("utf-8", "replace").strip()
+
+    def __str__(self) -> str:
+        reason = "".join(f"\n  {line}" for line in self.reason.splitlines())
+        return (f"{self.url} refused the websocket handshake: HTTP {self.status} "
+                f"{self.response.reason_phrase}{reason}")
 
 
 class RequestTimeout(TimeoutError):
@@ -111,7 +134,7 @@ class PolicyClient:
                 return self.metadata
             except InvalidStatus as exc:
                 if exc.response.status_code not in RETRYABLE_STATUS or attempt == self.connect_attempts:
-                    raise
+                    raise HandshakeRefused(self.url, exc.response) from None
             except ServerError as exc:
                 if exc.code != "at_capacity" or attempt == self.connect_attempts:
                     raise

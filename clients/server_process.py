@@ -4,6 +4,7 @@ not an import, so the client side stays apart from the server's code."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -19,11 +20,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 class ServerProcess:
     """``headway serve <args> --port P`` on loopback; ``url(path)`` once ``healthy``.
 
     Use as a context manager: the server is drained (SIGTERM) on exit, killed if it hangs.
-    Raises ``RuntimeError`` if it exits or does not answer ``/healthz`` within ``timeout_s``.
+    Raises ``RuntimeError`` if it exits or does not answer ``/healthz`` within ``timeout_s``,
+    and ``OSError(EADDRINUSE)`` at once if something already listens on ``port`` (whose
+    ``/healthz`` would otherwise pass for the new server's).
     """
 
     def __init__(self, serve_args: list[str], port: int | None = None, timeout_s: float = 60.0):
@@ -37,6 +45,10 @@ class ServerProcess:
         return f"ws://127.0.0.1:{self.port}{path}"
 
     def start(self) -> "ServerProcess":
+        if _listening(self.port):
+            raise OSError(errno.EADDRINUSE, f"port {self.port} on 127.0.0.1 is already in use (another "
+                                            "'headway serve' or 'make demo' still running?); stop it with "
+                                            f"Ctrl-C, or use another port: --port {self.port + 1}")
         self.process = subprocess.Popen(self.command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:

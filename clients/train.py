@@ -19,23 +19,24 @@ SUMMARY = "collect expert demonstrations and train an action-chunk policy"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True, help="simulated task name (clients.sim.TASKS)")
-    parser.add_argument("--family", choices=("flow", "diffusion"), default="flow")
+    parser.add_argument("--family", choices=("flow", "diffusion"), default="flow",
+                        help="flow matching or diffusion (default %(default)s)")
     parser.add_argument("--episodes", type=int, default=1000, help="expert rollouts to collect")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default per family)")
     parser.add_argument("--epochs", type=float, default=None, help="passes over the data instead of --steps")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=256, help="samples per optimizer step (default %(default)s)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (default %(default)s)")
+    parser.add_argument("--hidden", type=int, default=256, help="width of the network's hidden layers (default %(default)s)")
     parser.add_argument("--num-steps", type=int, default=None, help="default denoising steps at inference")
     parser.add_argument("--prediction", choices=("epsilon", "v_prediction"), default="epsilon",
                         help="diffusion only: what the network predicts")
     parser.add_argument("--future-offset-max", type=int, default=0, help="VLASH offset training: delta ~ U{0..K}")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the demonstrations, training and evaluation (default %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=None, help="checkpoint directory (default: the shipped ones, models/checkpoints)")
     parser.add_argument("--plot", type=Path, default=None, help="loss-curve PNG (default OUT/TASK_FAMILY_loss.png)")
     parser.add_argument("--eval-episodes", type=int, default=500, help="sync closed-loop check after training (0: skip)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -130,7 +130,7 @@ class InProcessHost:
 # -- out of process ---------------------------------------------------------------------
 #
 # The messages cross the pipe as msgpack maps with numpy arrays encoded as on the wire
-# (clients/wire.py): no pickle, so the child could as well be written in another language.
+# (stream/wire.py): no pickle, so the child could as well be written in another language.
 
 
 def _encode(message: HostMessage | None) -> bytes:

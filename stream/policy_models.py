@@ -24,7 +24,8 @@ import numpy as np
 from stream.batcher import Request
 from stream.hosts import ExecutorSpec, RunBatch, WorkItem
 from stream.latency import CostKey
-from stream.registry import LoadedModel, ModelFactory, ModelOptions, register_resolver, robot_observation_spec
+from stream.registry import (KnownModel, LoadedModel, ModelFactory, ModelOptions, register_resolver,
+                             robot_observation_spec)
 
 
 class TrainedPolicyExecutor:
@@ -137,12 +138,15 @@ def _trained_policy_factory(task: str, family: str) -> ModelFactory:
     return factory
 
 
+FAMILIES = {"flow": "flow matching", "diffusion": "diffusion (DDIM)"}
+
+
 def _resolve(name: str) -> ModelFactory | None:
     from policies.base import checkpoint_paths
 
     task, _, family = name.partition(":")
     family = family or "flow"
-    if family not in ("flow", "diffusion"):
+    if family not in FAMILIES:
         return None
     weights, config = checkpoint_paths(task, family)  # type: ignore[arg-type]
     if not (weights.exists() and config.exists()):
@@ -150,4 +154,19 @@ def _resolve(name: str) -> ModelFactory | None:
     return _trained_policy_factory(task, family)
 
 
-register_resolver(_resolve)
+def _shipped() -> list[KnownModel]:
+    """Every checkpoint :func:`_resolve` loads, one per task and family (``TASK`` = ``TASK:flow``)."""
+    from policies.base import CHECKPOINT_DIR
+
+    stems = (weights.stem.rpartition("_") for weights in CHECKPOINT_DIR.glob("*.safetensors"))
+    shipped = sorted((task, list(FAMILIES).index(family), family) for task, _, family in stems if family in FAMILIES)
+    known = []
+    for task, _, family in shipped:
+        name = task if family == "flow" else f"{task}:{family}"
+        if _resolve(name) is not None:
+            aliases = (f"{task}:flow",) if family == "flow" else ()
+            known.append(KnownModel(name, f"trained {task} policy, {FAMILIES[family]}", aliases))
+    return known
+
+
+register_resolver(_resolve, _shipped)

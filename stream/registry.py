@@ -9,13 +9,18 @@ Adding a model (e.g. a trained policy per task) means registering a factory here
 :func:`register`, or a resolver with :func:`register_resolver` for a family of names
 (``--model <task>``); the server and sessions do not change. Factories import their
 heavy dependencies (torch) inside, so serving the stand-in stays light.
+
+Every name ``load`` accepts is listed by :func:`known_models` (``headway serve --help`` and
+the unknown-model error print that list): a factory is listed under its name, and a
+resolver comes with a listing of the names it resolves.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -52,10 +57,25 @@ class LoadedModel:
 
 ModelFactory = Callable[[ModelOptions], LoadedModel]
 
+
+@dataclass(frozen=True)
+class KnownModel:
+    """One model ``load`` can build, as listed to users: its name, other names that load
+    the same model, and one line saying what it is."""
+
+    name: str
+    summary: str
+    aliases: tuple[str, ...] = ()
+
+
+Resolver = Callable[[str], ModelFactory | None]
+Listing = Callable[[], Iterable[KnownModel]]
+
 _FACTORIES: dict[str, ModelFactory] = {}
-_RESOLVERS: list[Callable[[str], ModelFactory | None]] = []
-# Modules that register more models when imported; imported on the first unknown name so
-# that serving the stand-in never imports torch.
+_SUMMARIES: dict[str, str] = {}
+_RESOLVERS: list[tuple[Resolver, Listing]] = []
+# Modules that register more models when imported; imported on the first unknown name (or
+# listing) so that serving the stand-in never imports torch.
 PLUGIN_MODULES = ["stream.policy_models"]
 _plugins_loaded = False
 
@@ -73,23 +93,55 @@ def _load_plugins() -> None:
                 raise
 
 
-def register(name: str, factory: ModelFactory) -> None:
+def register(name: str, factory: ModelFactory, summary: str = "") -> None:
+    """``load(name)`` builds the model with ``factory``; ``summary`` is its line in listings."""
     _FACTORIES[name] = factory
+    _SUMMARIES[name] = summary
 
 
-def register_resolver(resolver: Callable[[str], ModelFactory | None]) -> None:
-    """``resolver(name)`` returns a factory for names it knows (e.g. shipped checkpoints)."""
-    _RESOLVERS.append(resolver)
+def register_resolver(resolver: Resolver, listing: Listing) -> None:
+    """``resolver(name)`` returns a factory for names it knows (e.g. shipped checkpoints);
+    ``listing()`` names them all, so that users can be told what exists."""
+    _RESOLVERS.append((resolver, listing))
 
 
-def names() -> list[str]:
-    return sorted(_FACTORIES)
+def known_models() -> list[KnownModel]:
+    """Every model ``load`` accepts: registered factories first, then each resolver's listing.
+
+    Imports the plugin modules (a listing may read checkpoint files or import torch).
+    """
+    _load_plugins()
+    known = [KnownModel(name, _SUMMARIES.get(name, "")) for name in sorted(_FACTORIES)]
+    for _, listing in _RESOLVERS:
+        known.extend(listing())
+    return known
+
+
+def describe_models() -> str:
+    """The table of :func:`known_models`, one model a line, for ``--help``."""
+    known = known_models()
+    width = max(len(model.name) for model in known) + 2
+    lines = []
+    for model in known:
+        also = f" (also: {', '.join(model.aliases)})" if model.aliases else ""
+        lines.append(f"  {model.name:<{width}}{model.summary}{also}")
+    return "\n".join(lines)
+
+
+def unknown_model_message(name: str) -> str:
+    """``unknown model 'x' (did you mean 'y'?); known: ...``, naming every accepted name."""
+    known = known_models()
+    accepted = [model.name for model in known] + [alias for model in known for alias in model.aliases]
+    close = difflib.get_close_matches(name, accepted, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    listed = ", ".join(model.name + "".join(f" (= {alias})" for alias in model.aliases) for model in known)
+    return f"unknown model {name!r}{hint}; known: {listed}"
 
 
 def load(name: str, options: ModelOptions | None = None, *, alias: str | None = None) -> LoadedModel:
     """Build model ``name``; ``alias`` renames it (to serve two configurations of one model).
 
-    Raises ``KeyError`` naming the known models when ``name`` is unknown.
+    Raises ``KeyError`` with :func:`unknown_model_message` when ``name`` is unknown.
     """
     options = options or ModelOptions()
     factory = _FACTORIES.get(name)
@@ -97,12 +149,12 @@ def load(name: str, options: ModelOptions | None = None, *, alias: str | None = 
         _load_plugins()
         factory = _FACTORIES.get(name)
     if factory is None:
-        for resolver in _RESOLVERS:
+        for resolver, _ in _RESOLVERS:
             factory = resolver(name)
             if factory is not None:
                 break
     if factory is None:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(names())}")
+        raise KeyError(unknown_model_message(name))
     model = factory(options)
     if alias is not None:
         model.name = alias
@@ -160,4 +212,5 @@ def _standin(options: ModelOptions) -> LoadedModel:
     )
 
 
-register("standin", _standin)
+register("standin", _standin,
+         "untrained stand-in for capacity work: 50x14 actions from a 14-float state, --standin-ms a call")

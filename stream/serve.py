@@ -4,7 +4,9 @@
     headway serve --host 0.0.0.0 --port 8000 --token s3cret --allowed-origin https://ui.example
 
 The first ``--model`` is the default at ``/``; others are reached with ``/?model=NAME``.
-``--model NAME=ALIAS`` serves a model under another name (e.g. two stand-ins).
+``--model NAME=ALIAS`` serves a model under another name (e.g. two stand-ins). Without
+``--model`` it serves the stand-in, not a trained policy; ``headway serve --help`` lists
+every model it can serve.
 On SIGTERM or SIGINT the server drains: no new sessions, replies in flight are sent,
 sessions close with 1001, then the process exits 0.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -24,6 +27,7 @@ from stream.server import HeadwayServer, ServerConfig
 log = logging.getLogger("headway.serve")
 
 SUMMARY = "serve models over websockets"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,11 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=d.host, help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=d.port, help="port (default %(default)s; 0 picks a free one)")
     parser.add_argument("--model", action="append", default=None, metavar="NAME[=ALIAS]",
-                        help=f"model to serve, repeatable; known: {', '.join(registry.names())} (default standin)")
+                        help="model to serve (listed below), repeatable: the first is served at / and "
+                             "/v1/policy, others at ?model=NAME; NAME=ALIAS serves it as ALIAS "
+                             "(default: standin, which is not a trained policy)")
     parser.add_argument("--standin-ms", type=float, default=20.0,
                         help="duration of every batched call of the stand-in policy (default %(default)s)")
     parser.add_argument("--max-batch", type=int, default=64, help="largest batch per model call (default %(default)s)")
-    parser.add_argument("--device", default="cpu", help="torch device for models that use one")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device handed to the model factories (default %(default)s); the shipped "
+                             "policies and the stand-in run on the CPU whatever it says")
     parser.add_argument("--token", default=os.environ.get("HEADWAY_TOKEN"),
                         help="require 'Authorization: Bearer TOKEN' (or openpi's 'Api-Key TOKEN'); "
                              "default $HEADWAY_TOKEN, unset = no auth")
@@ -52,7 +60,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest frame accepted, bytes; larger closes with 1009 (default %(default)s)")
     parser.add_argument("--send-timeout-s", type=float, default=d.send_timeout_s,
                         help="close a session whose reply could not be written for this long (default %(default)s)")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
+                        help="least severe log messages shown on stderr (default %(default)s)")
+
+
+def epilog() -> str:
+    """The models ``--model`` accepts, for ``headway serve --help`` (reads the checkpoint folder)."""
+    return ("models (--model NAME):\n" + registry.describe_models() + "\n\n"
+            "Plain 'headway serve' serves the stand-in; 'headway serve --model whack' serves the trained whack policy.")
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -98,13 +113,25 @@ def run(models: list[registry.LoadedModel], config: ServerConfig, ready=None) ->
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # websockets logs every connection at INFO; keep the log for what matters.
     logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         models = load_models(args)
     except KeyError as exc:
-        print(f"headway serve: {exc.args[0]}", file=sys.stderr)
+        print(f"headway serve: {exc.args[0]} ('headway serve --help' says what each is)", file=sys.stderr)
         return 2
-    run(models, config_from_args(args))
+    config = config_from_args(args)
+    try:
+        run(models, config)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        print(f"headway serve: {port_in_use_message(config.host, config.port)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def port_in_use_message(host: str, port: int) -> str:
+    return (f"port {port} on {host} is already in use (another 'headway serve' or 'make demo' still running?); "
+            f"stop it with Ctrl-C, or serve on another port: --port {port + 1} (--port 0 picks a free one)")

@@ -8,7 +8,8 @@ HTTP, answered at the handshake (``process_request``), before any websocket exis
 
 * ``GET /healthz`` -> 200 ``OK`` (503 while draining). Never needs a token.
 * ``GET /metrics`` -> 200, Prometheus text format (needs the token when one is set).
-* a path that is no endpoint -> 404; a wrong or missing token -> 401; a browser
+* a path that is no endpoint -> 404 naming the endpoints this server has (and the closest
+  one); a trailing slash is ignored (``/v1/policy/`` is ``/v1/policy``); a wrong or missing token -> 401; a browser
   ``Origin`` not on the allow-list -> 403 (clients that send no ``Origin`` -- robots,
   scripts -- are not browsers and pass); bad query parameters -> 400.
 
@@ -29,6 +30,7 @@ close each with 1001, then stop the engines.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import hmac
 import logging
 import socket
@@ -49,6 +51,19 @@ from stream.session_protocols import ROUTES
 from stream.sessions import ServedModel, SessionPump
 
 log = logging.getLogger(__name__)
+
+
+def canonical_path(path: str) -> str:
+    """``path`` without its query and trailing slashes: ``/v1/policy/?x=1`` -> ``/v1/policy``."""
+    return path.partition("?")[0].rstrip("/") or "/"
+
+
+def not_found_message(path: str) -> str:
+    """The 404 body: what is not here, the closest endpoint, and every endpoint there is."""
+    close = difflib.get_close_matches(path, [*ROUTES, *HTTP_ROUTES], n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return (f"no endpoint at {path}{hint}\n"
+            f"websocket endpoints: {', '.join(ROUTES)}; HTTP GET: {', '.join(HTTP_ROUTES)}\n")
 
 
 @dataclass
@@ -186,12 +201,13 @@ class HeadwayServer:
 
     def _session_options(self, raw_path: str) -> tuple[str, ServedModel, float]:
         """(route, served model, budget) from the request path; ValueError for bad values."""
-        path, _, query = raw_path.partition("?")
+        path, query = canonical_path(raw_path), raw_path.partition("?")[2]
         params = parse_qs(query, max_num_fields=8)
         name = params.get("model", [self.default_model])[-1]
         served = self.served.get(name)
         if served is None:
-            raise ValueError(f"unknown model {name!r}; served: {', '.join(self.served)}")
+            raise ValueError(f"unknown model {name!r}; this server serves {', '.join(self.served)} "
+                             f"(another model needs a server started with --model {name})")
         budget_s = self.config.budget_s
         if "budget_ms" in params:
             try:
@@ -203,21 +219,11 @@ class HeadwayServer:
         return path, served, budget_s
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        path = request.path.partition("?")[0]
-        if path == "/healthz":
-            if self.draining:
-                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
-            return connection.respond(HTTPStatus.OK, "OK\n")
-        if path == "/metrics":
-            if not self._authorized(request):
-                return self._unauthorized(connection)
-            for served in self.served.values():
-                self.metrics.queue_depth.labels(served.model.name).set(served.engine.queue_depth)
-            response = connection.respond(HTTPStatus.OK, self.metrics.render().decode())
-            response.headers["Content-Type"] = CONTENT_TYPE
-            return response
+        path = canonical_path(request.path)
+        if path in HTTP_ROUTES:
+            return HTTP_ROUTES[path](self, connection, request)
         if path not in ROUTES:
-            return connection.respond(HTTPStatus.NOT_FOUND, f"no endpoint at {path}\n")
+            return connection.respond(HTTPStatus.NOT_FOUND, not_found_message(request.path.partition("?")[0]))
         if not self._authorized(request):
             return self._unauthorized(connection)
         if self.draining:
@@ -227,6 +233,20 @@ class HeadwayServer:
         except ValueError as exc:
             return connection.respond(HTTPStatus.BAD_REQUEST, f"{exc}\n")
         return None
+
+    def _healthz(self, connection: ServerConnection, request: Request) -> Response:
+        if self.draining:
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
+        return connection.respond(HTTPStatus.OK, "OK\n")
+
+    def _metrics(self, connection: ServerConnection, request: Request) -> Response:
+        if not self._authorized(request):
+            return self._unauthorized(connection)
+        for served in self.served.values():
+            self.metrics.queue_depth.labels(served.model.name).set(served.engine.queue_depth)
+        response = connection.respond(HTTPStatus.OK, self.metrics.render().decode())
+        response.headers["Content-Type"] = CONTENT_TYPE
+        return response
 
     @staticmethod
     def _unauthorized(connection: ServerConnection) -> Response:
@@ -262,3 +282,6 @@ class HeadwayServer:
                 started = session.send_started_ns
                 if started and now - started > limit_ns:
                     session.abort_slow_consumer(self.config.close_timeout_s)
+
+
+HTTP_ROUTES = {"/healthz": HeadwayServer._healthz, "/metrics": HeadwayServer._metrics}

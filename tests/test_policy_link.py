@@ -20,7 +20,7 @@ from websockets.sync.server import serve
 
 from clients.policy_link import LinkHub, WebsocketPolicyLink
 from clients.robot_loop import ChunkReply
-from clients.wire import packb, unpackb
+from stream.wire import packb, unpackb
 
 H, A = 4, 2
 OBSERVATION = {"state": np.zeros(3, np.float32)}
