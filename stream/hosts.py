@@ -215,6 +215,11 @@ class ProcessHost:
             raise RemoteExecutorError(reply.get("message", "executor failed to start"))
         self.max_batch_size, self.slots = reply["max_batch_size"], reply["slots"]
 
+    @property
+    def pid(self) -> int | None:
+        """The child's process id while it runs."""
+        return self._process.pid if self._process is not None else None
+
     def call(self, message: HostMessage) -> Any:
         if self._connection is None:
             raise RemoteExecutorError("the executor process is not running")

@@ -60,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest frame accepted, bytes; larger closes with 1009 (default %(default)s)")
     parser.add_argument("--send-timeout-s", type=float, default=d.send_timeout_s,
                         help="close a session whose reply could not be written for this long (default %(default)s)")
+    parser.add_argument("--executor-host", default=d.executor_host, choices=("thread", "process"),
+                        help="where each model's batched call runs: the engine's worker thread, or a child "
+                             "process per model reached by typed messages (default %(default)s)")
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
                         help="least severe log messages shown on stderr (default %(default)s)")
 
@@ -75,7 +78,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         host=args.host, port=args.port, token=args.token or None,
         allowed_origins=tuple(args.allowed_origin), budget_s=args.budget_ms / 1000.0,
         capacity=args.capacity, batch_window_s=args.batch_window_ms / 1000.0, max_size=args.max_size,
-        send_timeout_s=args.send_timeout_s,
+        send_timeout_s=args.send_timeout_s, executor_host=args.executor_host,
     )
 
 
