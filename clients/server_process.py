@@ -34,10 +34,13 @@ class ServerProcess:
     ``/healthz`` would otherwise pass for the new server's).
     """
 
-    def __init__(self, serve_args: list[str], port: int | None = None, timeout_s: float = 60.0):
+    def __init__(self, serve_args: list[str], port: int | None = None, timeout_s: float = 60.0,
+                 program: list[str] | None = None):
+        """``program``: another server to run instead of ``headway serve`` (it gets ``--port P``
+        and must answer ``/healthz``), e.g. openpi's server for side-by-side measurements."""
         self.port = port or free_port()
-        self.command = [sys.executable, "-m", "stream.cli", "serve", "--port", str(self.port),
-                        "--log-level", "WARNING", *serve_args]
+        head = program or [sys.executable, "-m", "stream.cli", "serve", "--log-level", "WARNING"]
+        self.command = [*head, "--port", str(self.port), *serve_args]
         self.timeout_s = timeout_s
         self.process: subprocess.Popen | None = None
 
