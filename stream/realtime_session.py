@@ -8,6 +8,16 @@ request -- the state, the previous chunk shifted to the observation's tick, ``d`
 margin. It never touches a socket or a clock; ``stream.sessions.RealtimePolicySession``
 feeds it.
 
+d is the windowed *median* of the reported round trips, not the RTC paper's windowed max.
+Served, the delay is not a constant: on a busy server a share of replies lands a tick late.
+With the max, one late reply in the window set d for the next eight requests, and an
+over-estimated d is no safety margin: RTC freezes the first d actions to the previous
+chunk, so a reply that lands after fewer ticks makes the robot execute stale copies -- it
+acts d ticks late however fresh the chunk -- and s >= d doubles the open-loop stretch.
+A reply later than d costs one seam; an over-estimate costs every request it is in force
+(balance, 15% of replies a tick late: rtc 0.13 with the max, 0.65 with the median;
+docs/robotics.md, "Served").
+
 Failure modes: a malformed hello or observation raises ``ProtocolError`` (the session
 closes with 1008); a request the robot would receive too late is answered
 ``deadline_exceeded`` by the engine and the previous chunk stays in force.
@@ -15,6 +25,7 @@ closes with 1008); a request the robot would receive too late is answered
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -27,6 +38,8 @@ from stream.protocol import ArrayField, ObservationSpec, ProtocolError
 STRATEGIES = ("rtc", "naive", "sync")
 SCHEDULES = ("exp", "linear", "ones", "zeros")
 ENVELOPE = frozenset({"type", "request_id", "tick", "report", "reset", "prev_chunk", "prev_start_tick"})
+# d: the windowed median of recent round trips (see the module docstring for why not the max).
+DELAY_QUANTILE = 0.5
 
 
 @dataclass(frozen=True)
@@ -109,7 +122,7 @@ class RealtimeSessionState:
         self.action_dim = action_dim
         self.model_hz = control_hz
         self.settings = RealtimeSettings(control_hz=control_hz)
-        self.delay = DelayEstimator(DelayEstimatorConfig(horizon=horizon))
+        self.delay = DelayEstimator(DelayEstimatorConfig(horizon=horizon, quantile=DELAY_QUANTILE))
         self.last_chunk: np.ndarray | None = None  # [H, A], index 0 applies at last_start
         self.last_start = 0
         self._last_request_id: int | None = None
@@ -167,18 +180,15 @@ class RealtimeSessionState:
             if arrived < sent or arrived > tick:
                 raise ProtocolError("bad_shape", "report: need tick_sent <= tick_arrived <= tick")
             served, held = self._server_s.pop(report.get("request_id"), (None, 0.0))
-            # A round trip the server stretched on purpose (held for batching) says nothing
-            # about the delay: count it without the whole ticks it was held, or d would only
-            # ever grow (a held reply lands as late as d allows).
-            held_ticks = round(held * self.settings.control_hz)
-            self.delay.observe(max(1 if arrived > sent else 0, arrived - sent - held_ticks))
+            rtt_ms = report.get("rtt_ms")
+            if not isinstance(rtt_ms, (int, float)) or isinstance(rtt_ms, bool) or not 0.0 <= rtt_ms <= 60_000.0:
+                rtt_ms = None
+            self.delay.observe(self._unheld_round_trip(sent, arrived, held, rtt_ms))
             if "plan_start" in report and report.get("request_id") == self._last_request_id:
                 # The robot held before this chunk took over (no plan yet, or an underrun), so
                 # its index 0 ran later than the tick it was computed for.
                 self.last_start = _int(report, "plan_start", self.last_start, tick)
-            rtt_ms = report.get("rtt_ms")
-            if served is not None and isinstance(rtt_ms, (int, float)) and not isinstance(rtt_ms, bool) \
-                    and 0.0 <= rtt_ms <= 60_000.0:
+            if served is not None and rtt_ms is not None:
                 self._outside_s.append(max(0.0, rtt_ms / 1000.0 - served))
         prev, prev_start = self.last_chunk, self.last_start
         if message.get("prev_chunk") is not None:  # stateless client: it sends its plan back
@@ -206,6 +216,27 @@ class RealtimeSessionState:
         target_s = self._batching_target_s(d) if holds else None
         return PreparedRequest(request_id=request_id, tick=tick, inputs=inputs, budget_s=budget_s,
                                target_s=target_s, d=d, s=s)
+
+    def _unheld_round_trip(self, sent: int, arrived: int, held_s: float, rtt_ms: float | None) -> int:
+        """The round trip in ticks as it would have been had the server not held the request.
+
+        A round trip the server stretched on purpose (held for batching) says nothing about
+        the delay, and a held reply lands as late as d allows: counted as it came, d would
+        only ever grow. Holding delays the merge by the tick boundaries the hold made the
+        reply cross: with the round trip on the client's clock (``rtt_ms``), those between
+        ``rtt - held`` and ``rtt`` -- a 10 ms hold crosses one when it pushes a 15 ms reply
+        to 25 ms, none when it pushes a 2 ms one to 12 ms. Without it, the whole ticks held.
+        """
+        ticks = arrived - sent
+        if held_s <= 0.0:
+            return ticks
+        tick_s = 1.0 / self.settings.control_hz
+        if rtt_ms is None:
+            crossed = round(held_s / tick_s)
+        else:
+            rtt_s = rtt_ms / 1000.0
+            crossed = math.floor(rtt_s / tick_s + 1e-9) - math.floor(max(0.0, rtt_s - held_s) / tick_s + 1e-9)
+        return max(1 if arrived > sent else 0, ticks - crossed)
 
     def _batching_target_s(self, d: int) -> float | None:
         """How long the server may take on this request, holding it to batch with other

@@ -166,3 +166,39 @@ def test_time_held_for_batching_does_not_count_toward_the_delay():
     state.completed(held, ramp_chunk(), server_s=0.021, queue_s=0.016)
     late = {"request_id": 2, "tick_sent": 8, "tick_arrived": 10, "rtt_ms": 22.0}
     assert state.observation(observation(3, 12, report=late)).d == 1
+
+
+def test_a_hold_that_pushed_a_reply_past_a_tick_boundary_does_not_count_toward_the_delay():
+    state = session(batch_hold=True)
+    state.completed(state.observation(observation(0, 0)), ramp_chunk(), server_s=0.020)
+    tick, request_id = 0, 1
+    # first, unheld 2-tick round trips (26 ms, 20 of them in the server): d = 2, and the
+    # server may hold a request for 40 - 6 - 3 = 31 ms
+    for _ in range(3):
+        report = {"request_id": request_id - 1, "tick_sent": tick, "tick_arrived": tick + 2, "rtt_ms": 26.0}
+        tick += 2
+        state.completed(state.observation(observation(request_id, tick, report=report)), ramp_chunk(), server_s=0.020)
+        request_id += 1
+    prepared = state.observation(observation(request_id, tick + 2))
+    assert prepared.d == 2 and prepared.target_s == pytest.approx(0.031)
+    # then every request is held 8 ms: a reply that would have landed at 18 ms, one tick,
+    # lands at 26 ms, two ticks
+    for _ in range(8):
+        state.completed(prepared, ramp_chunk(), server_s=0.020, queue_s=0.008)
+        report = {"request_id": request_id, "tick_sent": tick + 2, "tick_arrived": tick + 4, "rtt_ms": 26.0}
+        tick += 2
+        request_id += 1
+        prepared = state.observation(observation(request_id, tick + 2, report=report))
+    assert prepared.d == 1
+
+
+def test_one_late_reply_among_on_time_ones_leaves_d_alone():
+    state = session()
+    state.completed(state.observation(observation(0, 0)), ramp_chunk())
+    tick = 0
+    for request_id, ticks in enumerate((1, 1, 1, 1, 2, 1, 1, 1), start=1):  # the first is the warm-up one
+        report = {"request_id": request_id - 1, "tick_sent": tick, "tick_arrived": tick + ticks}
+        tick += ticks
+        state.completed(state.observation(observation(request_id, tick, report=report)), ramp_chunk())
+    assert state.observation(observation(9, tick + 1)).d == 1
+

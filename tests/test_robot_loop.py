@@ -208,12 +208,12 @@ class SessionLink:
     """The server's /v1/policy session logic (sans I/O) behind an in-memory network whose
     round trip for request k is ``delays[k]`` ticks."""
 
-    def __init__(self, loop_ref, delays, horizon=16):
+    def __init__(self, loop_ref, delays, horizon=16, **hello):
         from stream.realtime_session import RealtimeSessionState
         from stream.registry import robot_observation_spec
 
         self.state = RealtimeSessionState(robot_observation_spec(3), horizon=horizon, action_dim=A, control_hz=50.0)
-        self.state.hello({"type": "hello", "strategy": "rtc"})
+        self.state.hello({"type": "hello", "strategy": "rtc", **hello})
         self.loop_ref, self.delays, self.horizon = loop_ref, delays, horizon
         self.pending = []
         self.replies = []
@@ -260,3 +260,21 @@ def test_run_loops_ticks_every_robot_on_its_own_schedule():
     run_loops(loops, duration_s=0.25)
     assert all(45 <= loop.tick <= 50 for loop in loops)
     assert all(loop.stats.chunks >= 5 for loop in loops)
+
+
+def test_an_occasional_late_reply_does_not_make_the_server_freeze_actions_the_robot_never_waited_for():
+    # Served, a share of replies lands a tick late. If one late reply sets d for the next
+    # requests, the server freezes d actions to the old plan while the reply lands after
+    # one: the robot executes stale copies in the ticks it could have acted fresh.
+    holder = {}
+    delays = [1] + ([1] * 7 + [2]) * 40
+    link = SessionLink(lambda: holder["loop"], delays=delays, s=1)
+    robot = RecordingRobot()
+    loop = RobotLoop(robot, link, action_dim=A)
+    holder["loop"] = loop
+    for _ in range(200):
+        loop.step()
+    assumed = [(reply.d, delays[reply.request_id]) for reply in link.replies[2:]]  # after the warm-up round trip
+    assert len(assumed) > 50
+    assert [pair for pair in assumed if pair[0] > pair[1]] == []
+
