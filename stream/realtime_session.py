@@ -1,8 +1,9 @@
 """The ``/v1/policy`` session's logic, sans I/O: hello, observations, chunks (docs/policy-protocol.md).
 
 ``RealtimeSessionState`` holds what the server keeps per robot session: the resolved
-strategy, the last chunk sent and the tick it starts at, and a ``DelayEstimator`` fed with
-the round trips the client reports in ticks. For each observation it builds the engine
+strategy, the last chunk sent and the tick it starts at, a ``DelayEstimator`` fed with the
+round trips the client reports in ticks, and an ``ExecutionHorizon`` (``stream.horizon``)
+fed with the server time of every request. For each observation it builds the engine
 request -- the state, the previous chunk shifted to the observation's tick, ``d`` and ``s``
 -- and a budget: the time left until the robot runs out of planned actions, less a safety
 margin. It never touches a socket or a clock; ``stream.sessions.RealtimePolicySession``
@@ -33,6 +34,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from chunking.delay import DelayEstimator, DelayEstimatorConfig, clamp_horizons
+from stream.horizon import ExecutionHorizon, HorizonConfig, ServedRequest
 from stream.protocol import ArrayField, ObservationSpec, ProtocolError
 
 STRATEGIES = ("rtc", "naive", "sync")
@@ -40,6 +42,8 @@ SCHEDULES = ("exp", "linear", "ones", "zeros")
 ENVELOPE = frozenset({"type", "request_id", "tick", "report", "reset", "prev_chunk", "prev_start_tick"})
 # d: the windowed median of recent round trips (see the module docstring for why not the max).
 DELAY_QUANTILE = 0.5
+# Engine errors that mean the server could not keep up (the execution horizon grows).
+LOAD_ERRORS = frozenset({"deadline_exceeded", "queue_full"})
 
 
 @dataclass(frozen=True)
@@ -50,8 +54,7 @@ class RealtimeSettings:
     control_hz: float = 50.0
     future_state: bool = False
     beta: float = 1.0  # what `headway bench rtc` found best for H = 16 (docs/robotics.md)
-    s: int | None = None  # None: chosen per request from d
-    s_min: int = 4
+    s: int | None = None  # None: chosen per request from d and the server's headroom (stream.horizon)
     schedule: str = "exp"
     degrade: bool = True
     # Let the engine hold requests to batch robots, as long as the reply still lands within
@@ -62,7 +65,7 @@ class RealtimeSettings:
 
     def describe(self) -> dict[str, Any]:
         return {"strategy": self.strategy, "control_hz": self.control_hz, "future_state": self.future_state,
-                "beta": self.beta, "s": self.s, "s_min": self.s_min, "schedule": self.schedule,
+                "beta": self.beta, "s": self.s, "schedule": self.schedule,
                 "degrade": self.degrade, "batch_hold": self.batch_hold, "budget_ms": self.budget_ms, "margin_ticks": self.margin_ticks}
 
 
@@ -123,6 +126,7 @@ class RealtimeSessionState:
         self.model_hz = control_hz
         self.settings = RealtimeSettings(control_hz=control_hz)
         self.delay = DelayEstimator(DelayEstimatorConfig(horizon=horizon, quantile=DELAY_QUANTILE))
+        self.execution_horizon = ExecutionHorizon(HorizonConfig(horizon, margin_ticks=self.settings.margin_ticks))
         self.last_chunk: np.ndarray | None = None  # [H, A], index 0 applies at last_start
         self.last_start = 0
         self._last_request_id: int | None = None
@@ -197,7 +201,12 @@ class RealtimeSessionState:
 
         settings, H = self.settings, self.horizon
         d_raw = self.delay.d if settings.strategy != "sync" else 0
-        s_wanted = settings.s if settings.s is not None else (H if settings.strategy == "sync" else max(d_raw, settings.s_min))
+        if settings.s is not None:
+            s_wanted = settings.s
+        elif settings.strategy == "sync":
+            s_wanted = H
+        else:
+            s_wanted = self.execution_horizon.s(d_raw)
         d, s = clamp_horizons(d_raw, s_wanted, H)
         inputs: dict[str, Any] = dict(fields)
         offset = tick - prev_start
@@ -267,15 +276,28 @@ class RealtimeSessionState:
         return max(1, remaining - settings.margin_ticks) * tick_s
 
     def completed(self, prepared: PreparedRequest, chunk: np.ndarray, server_s: float = 0.0,
-                  queue_s: float = 0.0) -> dict[str, Any]:
+                  queue_s: float = 0.0, compute_s: float = 0.0, degraded: bool = False) -> dict[str, Any]:
         """Record the chunk sent for ``prepared`` (``server_s``: arrival to reply; ``queue_s``:
-        arrival to the start of its batch; seconds); returns the reply's fields."""
+        arrival to the start of its batch; ``compute_s``: its batched call; seconds;
+        ``degraded``: run with fewer denoising steps); returns the reply's fields."""
         if len(self._server_s) >= 32:  # reports never came (reset, reconnect): forget the oldest
             self._server_s.pop(next(iter(self._server_s)))
-        held = min(queue_s, prepared.target_s) if prepared.target_s is not None else 0.0
+        held = 0.0
+        if prepared.target_s is not None:
+            # The engine holds a request until its batch must start to reply by the target;
+            # queueing past that was waiting for a busy worker: load, not a hold.
+            held = max(0.0, min(queue_s, prepared.target_s - compute_s))
         self._server_s[prepared.request_id] = (server_s, held)
+        self.execution_horizon.served(ServedRequest(server_s=server_s, held_s=held, budget_s=prepared.budget_s,
+                                                    tick_s=1.0 / self.settings.control_hz, degraded=degraded))
         self.last_chunk = np.asarray(chunk, dtype=np.float32)
         self.last_start = prepared.tick
         self._last_request_id = prepared.request_id
         return {"request_id": prepared.request_id, "actions": self.last_chunk, "start_tick": prepared.tick,
                 "d": prepared.d, "s": prepared.s}
+
+    def failed(self, prepared: PreparedRequest, code: str) -> None:
+        """Record that the engine answered ``prepared`` with the error ``code`` instead of a
+        chunk (the previous chunk stays in force); load errors make s grow."""
+        if code in LOAD_ERRORS:
+            self.execution_horizon.refused()

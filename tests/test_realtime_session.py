@@ -202,3 +202,48 @@ def test_one_late_reply_among_on_time_ones_leaves_d_alone():
         state.completed(state.observation(observation(request_id, tick, report=report)), ramp_chunk())
     assert state.observation(observation(9, tick + 1)).d == 1
 
+
+def test_with_headroom_the_execution_horizon_is_the_smallest_rtc_admits():
+    state = session()
+    state.completed(state.observation(observation(0, 0)), ramp_chunk(), server_s=0.004)
+    report = {"request_id": 0, "tick_sent": 0, "tick_arrived": 1}
+    assert state.observation(observation(1, 1, report=report)).s == 1
+
+
+def test_the_execution_horizon_follows_d():
+    state = session()
+    state.completed(state.observation(observation(0, 0)), ramp_chunk(), server_s=0.004)
+    tick = 0
+    for request_id in range(1, 4):
+        report = {"request_id": request_id - 1, "tick_sent": tick, "tick_arrived": tick + 3}
+        tick += 3
+        state.completed(state.observation(observation(request_id, tick, report=report)), ramp_chunk(), server_s=0.004)
+    prepared = state.observation(observation(4, tick + 3))
+    assert (prepared.d, prepared.s) == (3, 3)
+
+
+def test_requests_the_engine_refuses_make_the_execution_horizon_grow():
+    state = session()
+    state.completed(state.observation(observation(0, 0)), ramp_chunk(), server_s=0.004)
+    refused = state.observation(observation(1, 1))
+    state.failed(refused, "deadline_exceeded")
+    assert state.observation(observation(2, 1)).s == 2
+
+
+def test_a_superseded_request_is_not_load():
+    state = session()
+    state.completed(state.observation(observation(0, 0)), ramp_chunk(), server_s=0.004)
+    state.failed(state.observation(observation(1, 1)), "superseded")
+    assert state.observation(observation(2, 1)).s == 1
+
+
+def test_an_execution_horizon_pinned_in_hello_is_kept_under_load():
+    state = session(s=3)
+    state.completed(state.observation(observation(0, 0)), ramp_chunk(), server_s=0.004)
+    for request_id in range(1, 20):
+        state.failed(state.observation(observation(request_id, 1)), "deadline_exceeded")
+    assert state.observation(observation(20, 1)).s == 3
+
+
+def test_the_resolved_strategy_has_no_minimum_execution_horizon_any_more():
+    assert "s_min" not in session().settings.describe()
