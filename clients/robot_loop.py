@@ -90,6 +90,7 @@ class LoopStats:
     delay_ticks: deque = field(default_factory=lambda: deque(maxlen=10_000))
     batch_sizes: deque = field(default_factory=lambda: deque(maxlen=10_000))  # server's batch per chunk
     seam_ticks: deque = field(default_factory=lambda: deque(maxlen=10_000))  # ticks where a new chunk took over
+    execution_horizons: deque = field(default_factory=lambda: deque(maxlen=10_000))  # the server's s per chunk
 
     def summary(self) -> dict[str, Any]:
         def pct(values, q):
@@ -110,6 +111,8 @@ class LoopStats:
             "seam_jerk": float(np.mean(self.seam_jerk)) if self.seam_jerk else None,
             "d_p50": pct(self.delay_ticks, 50),
             "d_p99": pct(self.delay_ticks, 99),
+            "s_p50": pct(self.execution_horizons, 50),
+            "s_max": max(self.execution_horizons) if self.execution_horizons else None,
         }
 
 
@@ -223,6 +226,7 @@ class RobotLoop:
         self.stats.skipped_actions += max(0, arrival.skipped - max(0, sent + reply.d - reply.start_tick))
         self.stats.delay_ticks.append(now - sent)
         self.stats.seam_ticks.append(arrival.first_tick)
+        self.stats.execution_horizons.append(reply.s)
         if "batch_size" in reply.timing:
             self.stats.batch_sizes.append(reply.timing["batch_size"])
         if arrival.seam_jerk is not None:

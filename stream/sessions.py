@@ -177,6 +177,9 @@ class OpenpiSession:
     def _error_fields(self, item: _Pending) -> dict[str, Any]:
         return {} if item.request_id is None else {"id": item.request_id}
 
+    def _engine_error(self, item: _Pending, code: str) -> None:
+        """The engine answered ``item`` with an error instead of an output. ``/``: nothing to keep."""
+
     async def _read(self, ticket) -> None:
         engine = self.served.engine
         while True:
@@ -234,6 +237,7 @@ class OpenpiSession:
                 pending.popleft()
                 self._room.set()
                 self._count(exc.code)
+                self._engine_error(item, exc.code)
                 await self._send(protocol.encode_text(protocol.error(exc.code, exc.message, **self._error_fields(item))))
                 if protocol.ERROR_CLOSE_CODES[exc.code] is not None:
                     self._close_soon(protocol.ERROR_CLOSE_CODES[exc.code], exc.message[:120])
@@ -311,6 +315,7 @@ class RealtimePolicySession(OpenpiSession):
         self.state = RealtimeSessionState(served.model.observation_spec, horizon=int(meta["action_horizon"]),
                                           action_dim=int(meta["action_dim"]),
                                           control_hz=float(meta.get("control_hz", 50.0)))
+        self._execution_horizon = metrics.execution_horizon.labels(served.model.name)
 
     async def _handshake(self) -> bool:
         try:
@@ -342,8 +347,13 @@ class RealtimePolicySession(OpenpiSession):
 
     def _reply(self, item: _Pending, result: Result, timing: dict[str, Any]) -> dict[str, Any]:
         server_s = (time.monotonic_ns() - item.arrival_ns) / 1e9
-        return {"type": "chunk", **self.state.completed(item.context, result.output, server_s, result.queue_ns / 1e9),
-                "degraded": result.degraded, "timing": timing}
+        fields = self.state.completed(item.context, result.output, server_s, result.queue_ns / 1e9,
+                                      result.compute_ns / 1e9, result.degraded)
+        self._execution_horizon.observe(fields["s"])
+        return {"type": "chunk", **fields, "degraded": result.degraded, "timing": timing}
+
+    def _engine_error(self, item: _Pending, code: str) -> None:
+        self.state.failed(item.context, code)
 
     def _error_fields(self, item: _Pending) -> dict[str, Any]:
         return {} if item.request_id is None else {"request_id": item.request_id}

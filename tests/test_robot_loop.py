@@ -278,3 +278,11 @@ def test_an_occasional_late_reply_does_not_make_the_server_freeze_actions_the_ro
     assert len(assumed) > 50
     assert [pair for pair in assumed if pair[0] > pair[1]] == []
 
+
+def test_the_loop_reports_the_execution_horizons_it_was_given():
+    loop, _, _ = make_loop(delays=[1] * 50, s=3)
+    for _ in range(40):
+        loop.step()
+    summary = loop.stats.summary()
+    assert loop.stats.chunks > 5
+    assert summary["s_p50"] == 3 and summary["s_max"] == 3
