@@ -12,7 +12,9 @@ on their own staggered drift-free clocks from one scheduler thread (``run_loops`
 many robots in one Python process do not measure the interpreter lock instead of the
 service; ``--thread-per-robot`` gives each its own thread.
 ``--inject-latency MS`` delays every message by MS/2 each way on the client side, to
-emulate a remote GPU. Everything counted after ``--warmup-s`` (first calls, connection
+emulate a remote GPU. ``--standin-ms MS`` serves the stand-in policy instead (every batched
+call takes MS, whatever its size: load without a task), driven by robots that observe a
+fixed state; there is no solve rate then, but d, s, underruns and failures are measured. Everything counted after ``--warmup-s`` (first calls, connection
 set-up) is reported as one JSON object on stdout:
 
 ``solve_rate`` and ``episodes`` (episodes finished after warm-up), ``d_p50``/``d_p99``
@@ -20,7 +22,8 @@ set-up) is reported as one JSON object on stdout:
 robots), ``jitter_p99_ms`` (lateness of ticks against the drift-free schedule),
 ``seam_jerk`` (mean ||a_t - 2a_{t-1} + a_{t-2}|| at chunk switches), ``batch_p50`` (the
 server's batch size per chunk), ``s_p50``/``s_max`` (the execution horizon the server chose
-per chunk), plus the settings. ``ci95`` is the larger side of the 95% Wilson interval, as in
+per chunk) and ``s_above_d`` (chunks whose s exceeded max(d, 1): lengthened for load), plus
+the settings. ``ci95`` is the larger side of the 95% Wilson interval, as in
 ``headway bench rtc``. ``--strategy rtc_future`` is ``rtc`` with ``--future-state``.
 
 **Sweep** (``--tasks``, ``--strategies`` or ``--families`` given): every (task, family) gets one
@@ -74,6 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rt-priority", type=int, default=50,
                         help="SCHED_FIFO priority of the robots' scheduler thread, as control loops run "
                              "(ignored without the privilege; 0 = normal scheduling)")
+    parser.add_argument("--standin-ms", type=float, default=None, metavar="MS",
+                        help="serve the stand-in policy (each batched call MS) instead of --task's checkpoint")
     parser.add_argument("--tasks", default=None, help="sweep: comma-separated tasks (default: --task)")
     parser.add_argument("--strategies", default=None,
                         help=f"sweep: comma-separated strategies out of {','.join(SWEEP_STRATEGIES)} (default: --strategy)")
@@ -87,6 +92,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _pct(values, q):
     return round(float(np.percentile(np.asarray(values, dtype=float), q)), 3) if len(values) else None
+
+
+class StandinRobot:
+    """A robot for the stand-in policy: observes a fixed state, applies whatever it is given,
+    never finishes an episode (load without a task)."""
+
+    episodes = solved = 0
+
+    def __init__(self, state_dim: int) -> None:
+        self.state = np.linspace(-1.0, 1.0, state_dim).astype(np.float32)
+
+    def observe(self) -> dict[str, np.ndarray]:
+        return {"state": self.state}
+
+    def apply(self, action: np.ndarray) -> None:
+        pass
+
+    def hold_action(self, last: np.ndarray | None = None) -> np.ndarray | None:
+        return last
 
 
 def run_robots(url: str, args: argparse.Namespace) -> dict:
@@ -108,7 +132,10 @@ def run_robots(url: str, args: argparse.Namespace) -> dict:
         links[0].hub.set_priority(max(1, args.rt_priority - 1))
     try:
         meta = [link.wait_ready(60)["model"] for link in links][0]
-        robots = [SimRobot(args.task, seed=args.seed * 1000 + i) for i in range(args.robots)]
+        if args.standin_ms is not None:
+            robots = [StandinRobot(meta["state_dim"]) for _ in range(args.robots)]
+        else:
+            robots = [SimRobot(args.task, seed=args.seed * 1000 + i) for i in range(args.robots)]
         loops = [RobotLoop(robot, link, action_dim=meta["action_dim"], hz=args.hz,
                            timeout_ticks=args.timeout_ticks, on_underrun=robot.hold_action)
                  for robot, link in zip(robots, links)]
@@ -127,7 +154,7 @@ def run_robots(url: str, args: argparse.Namespace) -> dict:
         time.sleep(max(0.0, started + args.warmup_s - time.monotonic()))
         at_warmup = [(loop.stats.underruns, len(loop.stats.jitter_ms), robot.episodes, robot.solved,
                       len(loop.stats.seam_jerk), len(loop.stats.delay_ticks), len(loop.stats.batch_sizes),
-                      len(loop.stats.execution_horizons))
+                      len(loop.stats.execution_horizons), loop.stats.s_above_d)
                      for loop, robot in zip(loops, robots)]
         for thread in threads:
             thread.join(args.duration + 30)
@@ -139,7 +166,8 @@ def run_robots(url: str, args: argparse.Namespace) -> dict:
     underruns = episodes = solved = 0
     jitter, jerk, delay, batch, horizons = [], [], [], [], []
     timeouts = late = failures = 0
-    for loop, robot, (u0, j0, e0, s0, k0, d0, b0, h0) in zip(loops, robots, at_warmup):
+    s_above_d = 0
+    for loop, robot, (u0, j0, e0, s0, k0, d0, b0, h0, a0) in zip(loops, robots, at_warmup):
         st = loop.stats
         underruns += st.underruns - u0
         episodes += robot.episodes - e0
@@ -149,13 +177,16 @@ def run_robots(url: str, args: argparse.Namespace) -> dict:
         delay += list(st.delay_ticks)[d0:]
         batch += list(st.batch_sizes)[b0:]
         horizons += list(st.execution_horizons)[h0:]
+        s_above_d += st.s_above_d - a0
         timeouts += st.timeouts
         late += st.late_replies_dropped
         failures += st.failures
     rate = solved / episodes if episodes else None
     ci95 = wilson_half_width(solved, episodes) if episodes else None
     return {
-        "task": args.task, "family": args.family, "strategy": args.strategy, "future_state": future_state,
+        "task": args.task if args.standin_ms is None else f"standin {args.standin_ms:g} ms",
+        "family": args.family if args.standin_ms is None else None,
+        "strategy": args.strategy, "future_state": future_state,
         "batch_hold": not args.no_batch_hold, "robots": args.robots, "hz": args.hz, "duration_s": args.duration, "warmup_s": args.warmup_s,
         "inject_latency_ms": args.inject_latency,
         "solve_rate": None if rate is None else round(rate, 4),
@@ -166,7 +197,7 @@ def run_robots(url: str, args: argparse.Namespace) -> dict:
         "jitter_p50_ms": _pct(jitter, 50), "jitter_p99_ms": _pct(jitter, 99),
         "seam_jerk": round(float(np.mean(jerk)), 5) if jerk else None,
         "batch_p50": _pct(batch, 50),
-        "s_p50": _pct(horizons, 50), "s_max": max(horizons) if horizons else None,
+        "s_p50": _pct(horizons, 50), "s_max": max(horizons) if horizons else None, "s_above_d": s_above_d,
         "timeouts": timeouts, "failures": failures, "late_replies_dropped": late,
     }
 
@@ -274,8 +305,9 @@ def main(args: argparse.Namespace) -> int:
     sys.setswitchinterval(0.0005)
     torch.set_num_threads(1)
     if args.tasks or args.strategies or args.families:
-        if args.url:
-            raise SystemExit("headway bench robot: a sweep starts its own servers (drop --url)")
+        if args.url or args.standin_ms is not None:
+            raise SystemExit("headway bench robot: a sweep starts its own servers of the tasks' checkpoints "
+                             "(drop --url and --standin-ms)")
         rows = run_sweep(args)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "robot_sweep.json").write_text(json.dumps(rows, indent=1) + "\n")
@@ -286,7 +318,9 @@ def main(args: argparse.Namespace) -> int:
     if args.url:
         result = run_robots(args.url.rstrip("/") + "/v1/policy", args)
     else:
-        with ServerProcess(["--model", _model_name(args.task, args.family)]) as server:
+        model = ["--model", _model_name(args.task, args.family)] if args.standin_ms is None \
+            else ["--model", "standin", "--standin-ms", str(args.standin_ms)]
+        with ServerProcess(model) as server:
             result = run_robots(server.url("/v1/policy"), args)
     print(json.dumps(result))
     return 0

@@ -286,3 +286,4 @@ def test_the_loop_reports_the_execution_horizons_it_was_given():
     summary = loop.stats.summary()
     assert loop.stats.chunks > 5
     assert summary["s_p50"] == 3 and summary["s_max"] == 3
+    assert summary["s_above_d"] == loop.stats.chunks  # d = 1 every time: each s = 3 was above max(d, 1)
