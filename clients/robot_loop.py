@@ -91,11 +91,13 @@ class LoopStats:
     stale_replies_dropped: int = 0  # replies to requests of an episode that had ended
     skipped_actions: int = 0  # new-plan actions lost because a chunk came later than its d
     chunks: int = 0
+    s_above_d: int = 0  # chunks whose s exceeded max(d, 1): the server lengthened s for load
     jitter_ms: deque = field(default_factory=lambda: deque(maxlen=100_000))
     seam_jerk: deque = field(default_factory=lambda: deque(maxlen=10_000))
     delay_ticks: deque = field(default_factory=lambda: deque(maxlen=10_000))
     batch_sizes: deque = field(default_factory=lambda: deque(maxlen=10_000))  # server's batch per chunk
     seam_ticks: deque = field(default_factory=lambda: deque(maxlen=10_000))  # ticks where a new chunk took over
+    execution_horizons: deque = field(default_factory=lambda: deque(maxlen=10_000))  # the server's s per chunk
 
     def since(self, mark: "LoopStats") -> "LoopStats":
         """What was counted after ``mark`` (a ``copy.deepcopy`` of these stats taken earlier,
@@ -125,11 +127,14 @@ class LoopStats:
             "stale_replies_dropped": self.stale_replies_dropped,
             "skipped_actions": self.skipped_actions,
             "chunks": self.chunks,
+            "s_above_d": self.s_above_d,
             "jitter_p50_ms": pct(self.jitter_ms, 50),
             "jitter_p99_ms": pct(self.jitter_ms, 99),
             "seam_jerk": float(np.mean(self.seam_jerk)) if self.seam_jerk else None,
             "d_p50": pct(self.delay_ticks, 50),
             "d_p99": pct(self.delay_ticks, 99),
+            "s_p50": pct(self.execution_horizons, 50),
+            "s_max": max(self.execution_horizons) if self.execution_horizons else None,
         }
 
 
@@ -247,6 +252,8 @@ class RobotLoop:
         self.stats.skipped_actions += max(0, arrival.skipped - max(0, sent + reply.d - reply.start_tick))
         self.stats.delay_ticks.append(now - sent)
         self.stats.seam_ticks.append(arrival.first_tick)
+        self.stats.execution_horizons.append(reply.s)
+        self.stats.s_above_d += int(reply.s > max(reply.d, 1))
         if "batch_size" in reply.timing:
             self.stats.batch_sizes.append(reply.timing["batch_size"])
         if arrival.seam_jerk is not None:

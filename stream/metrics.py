@@ -13,6 +13,7 @@ headway_queue_seconds                   histogram  arrival -> batch start {model
 headway_compute_seconds                 histogram  one batched model call {model}
 headway_request_seconds                 histogram  frame received -> reply sent {model, route}
 headway_batch_size                      histogram  items per batched call {model}
+headway_execution_horizon_ticks         histogram  s of every chunk sent on ``/v1/policy`` {model}
 headway_replies_total                   counter    replies by ``code`` (``ok`` or an error code)
 headway_deadline_misses_total           counter    requests answered ``deadline_exceeded`` or
                                                    replied after their deadline, by ``reason``
@@ -30,6 +31,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.5, 1.0,
                    2.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+HORIZON_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 12, 16, 32)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -51,6 +53,9 @@ class ServerMetrics:
                                          ["model", "route"], buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("headway_batch_size", "Items per batched model call", ["model"],
                                     buckets=BATCH_BUCKETS, registry=r)
+        self.execution_horizon = Histogram("headway_execution_horizon_ticks",
+                                           "Execution horizon s of each chunk sent to a robot", ["model"],
+                                           buckets=HORIZON_BUCKETS, registry=r)
         self.replies = Counter("headway_replies_total", "Replies sent, by code", ["model", "route", "code"],
                                registry=r)
         self.deadline_misses = Counter("headway_deadline_misses_total",

@@ -1,12 +1,23 @@
 """The ``/v1/policy`` session's logic, sans I/O: hello, observations, chunks (docs/policy-protocol.md).
 
 ``RealtimeSessionState`` holds what the server keeps per robot session: the resolved
-strategy, the last chunk sent and the tick it starts at, and a ``DelayEstimator`` fed with
-the round trips the client reports in ticks. For each observation it builds the engine
+strategy, the last chunk sent and the tick it starts at, a ``DelayEstimator`` fed with the
+round trips the client reports in ticks, and an ``ExecutionHorizon`` (``stream.horizon``)
+fed with the server time of every request. For each observation it builds the engine
 request -- the state, the previous chunk shifted to the observation's tick, ``d`` and ``s``
 -- and a budget: the time left until the robot runs out of planned actions, less a safety
 margin. It never touches a socket or a clock; ``stream.sessions.RealtimePolicySession``
 feeds it.
+
+d is the windowed *median* of the reported round trips, not the RTC paper's windowed max.
+Served, the delay is not a constant: on a busy server a share of replies lands a tick late.
+With the max, one late reply in the window set d for the next eight requests, and an
+over-estimated d is no safety margin: RTC freezes the first d actions to the previous
+chunk, so a reply that lands after fewer ticks makes the robot execute stale copies -- it
+acts d ticks late however fresh the chunk -- and s >= d doubles the open-loop stretch.
+A reply later than d costs one seam; an over-estimate costs every request it is in force
+(balance, 15% of replies a tick late: rtc 0.13 with the max, 0.65 with the median;
+docs/robotics.md, "Served").
 
 Failure modes: a malformed hello or observation raises ``ProtocolError`` (the session
 closes with 1008); a request the robot would receive too late is answered
@@ -15,6 +26,7 @@ closes with 1008); a request the robot would receive too late is answered
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -23,11 +35,16 @@ import numpy as np
 
 from chunking.delay import DelayEstimator, DelayEstimatorConfig, clamp_horizons
 from chunking.merge import shift_chunk
+from stream.horizon import ExecutionHorizon, HorizonConfig, ServedRequest
 from stream.protocol import ArrayField, ObservationSpec, ProtocolError
 
 STRATEGIES = ("rtc", "naive", "sync")
 SCHEDULES = ("exp", "linear", "ones", "zeros")
 ENVELOPE = frozenset({"type", "request_id", "tick", "report", "reset", "prev_chunk", "prev_start_tick"})
+# d: the windowed median of recent round trips (see the module docstring for why not the max).
+DELAY_QUANTILE = 0.5
+# Engine errors that mean the server could not keep up (the execution horizon grows).
+LOAD_ERRORS = frozenset({"deadline_exceeded", "queue_full"})
 
 
 @dataclass(frozen=True)
@@ -38,8 +55,7 @@ class RealtimeSettings:
     control_hz: float = 50.0
     future_state: bool = False
     beta: float = 1.0  # what `headway bench rtc` found best for H = 16 (docs/robotics.md)
-    s: int | None = None  # None: chosen per request from d
-    s_min: int = 4
+    s: int | None = None  # None: chosen per request from d and the server's headroom (stream.horizon)
     schedule: str = "exp"
     degrade: bool = True
     # Let the engine hold requests to batch robots, as long as the reply still lands within
@@ -50,7 +66,7 @@ class RealtimeSettings:
 
     def describe(self) -> dict[str, Any]:
         return {"strategy": self.strategy, "control_hz": self.control_hz, "future_state": self.future_state,
-                "beta": self.beta, "s": self.s, "s_min": self.s_min, "schedule": self.schedule,
+                "beta": self.beta, "s": self.s, "schedule": self.schedule,
                 "degrade": self.degrade, "batch_hold": self.batch_hold, "budget_ms": self.budget_ms, "margin_ticks": self.margin_ticks}
 
 
@@ -110,7 +126,8 @@ class RealtimeSessionState:
         self.action_dim = action_dim
         self.model_hz = control_hz
         self.settings = RealtimeSettings(control_hz=control_hz)
-        self.delay = DelayEstimator(DelayEstimatorConfig(horizon=horizon))
+        self.delay = DelayEstimator(DelayEstimatorConfig(horizon=horizon, quantile=DELAY_QUANTILE))
+        self.execution_horizon = ExecutionHorizon(HorizonConfig(horizon, margin_ticks=self.settings.margin_ticks))
         self.last_chunk: np.ndarray | None = None  # [H, A], index 0 applies at last_start
         self.last_start = 0
         self._last_request_id: int | None = None
@@ -168,18 +185,15 @@ class RealtimeSessionState:
             if arrived < sent or arrived > tick:
                 raise ProtocolError("bad_shape", "report: need tick_sent <= tick_arrived <= tick")
             served, held = self._server_s.pop(report.get("request_id"), (None, 0.0))
-            # A round trip the server stretched on purpose (held for batching) says nothing
-            # about the delay: count it without the whole ticks it was held, or d would only
-            # ever grow (a held reply lands as late as d allows).
-            held_ticks = round(held * self.settings.control_hz)
-            self.delay.observe(max(1 if arrived > sent else 0, arrived - sent - held_ticks))
+            rtt_ms = report.get("rtt_ms")
+            if not isinstance(rtt_ms, (int, float)) or isinstance(rtt_ms, bool) or not 0.0 <= rtt_ms <= 60_000.0:
+                rtt_ms = None
+            self.delay.observe(self._unheld_round_trip(sent, arrived, held, rtt_ms))
             if "plan_start" in report and report.get("request_id") == self._last_request_id:
                 # The robot held before this chunk took over (no plan yet, or an underrun), so
                 # its index 0 ran later than the tick it was computed for.
                 self.last_start = _int(report, "plan_start", self.last_start, tick)
-            rtt_ms = report.get("rtt_ms")
-            if served is not None and isinstance(rtt_ms, (int, float)) and not isinstance(rtt_ms, bool) \
-                    and 0.0 <= rtt_ms <= 60_000.0:
+            if served is not None and rtt_ms is not None:
                 self._outside_s.append(max(0.0, rtt_ms / 1000.0 - served))
         prev, prev_start = self.last_chunk, self.last_start
         if message.get("prev_chunk") is not None:  # stateless client: it sends its plan back
@@ -188,7 +202,12 @@ class RealtimeSessionState:
 
         settings, H = self.settings, self.horizon
         d_raw = self.delay.d if settings.strategy != "sync" else 0
-        s_wanted = settings.s if settings.s is not None else (H if settings.strategy == "sync" else max(d_raw, settings.s_min))
+        if settings.s is not None:
+            s_wanted = settings.s
+        elif settings.strategy == "sync":
+            s_wanted = H
+        else:
+            s_wanted = self.execution_horizon.s(d_raw)
         d, s = clamp_horizons(d_raw, s_wanted, H)
         inputs: dict[str, Any] = dict(fields)
         offset = tick - prev_start
@@ -205,6 +224,27 @@ class RealtimeSessionState:
         target_s = self._batching_target_s(d) if holds else None
         return PreparedRequest(request_id=request_id, tick=tick, inputs=inputs, budget_s=budget_s,
                                target_s=target_s, d=d, s=s)
+
+    def _unheld_round_trip(self, sent: int, arrived: int, held_s: float, rtt_ms: float | None) -> int:
+        """The round trip in ticks as it would have been had the server not held the request.
+
+        A round trip the server stretched on purpose (held for batching) says nothing about
+        the delay, and a held reply lands as late as d allows: counted as it came, d would
+        only ever grow. Holding delays the merge by the tick boundaries the hold made the
+        reply cross: with the round trip on the client's clock (``rtt_ms``), those between
+        ``rtt - held`` and ``rtt`` -- a 10 ms hold crosses one when it pushes a 15 ms reply
+        to 25 ms, none when it pushes a 2 ms one to 12 ms. Without it, the whole ticks held.
+        """
+        ticks = arrived - sent
+        if held_s <= 0.0:
+            return ticks
+        tick_s = 1.0 / self.settings.control_hz
+        if rtt_ms is None:
+            crossed = round(held_s / tick_s)
+        else:
+            rtt_s = rtt_ms / 1000.0
+            crossed = math.floor(rtt_s / tick_s + 1e-9) - math.floor(max(0.0, rtt_s - held_s) / tick_s + 1e-9)
+        return max(1 if arrived > sent else 0, ticks - crossed)
 
     def _batching_target_s(self, d: int) -> float | None:
         """How long the server may take on this request, holding it to batch with other
@@ -235,15 +275,28 @@ class RealtimeSessionState:
         return max(1, remaining - settings.margin_ticks) * tick_s
 
     def completed(self, prepared: PreparedRequest, chunk: np.ndarray, server_s: float = 0.0,
-                  queue_s: float = 0.0) -> dict[str, Any]:
+                  queue_s: float = 0.0, compute_s: float = 0.0, degraded: bool = False) -> dict[str, Any]:
         """Record the chunk sent for ``prepared`` (``server_s``: arrival to reply; ``queue_s``:
-        arrival to the start of its batch; seconds); returns the reply's fields."""
+        arrival to the start of its batch; ``compute_s``: its batched call; seconds;
+        ``degraded``: run with fewer denoising steps); returns the reply's fields."""
         if len(self._server_s) >= 32:  # reports never came (reset, reconnect): forget the oldest
             self._server_s.pop(next(iter(self._server_s)))
-        held = min(queue_s, prepared.target_s) if prepared.target_s is not None else 0.0
+        held = 0.0
+        if prepared.target_s is not None:
+            # The engine holds a request until its batch must start to reply by the target;
+            # queueing past that was waiting for a busy worker: load, not a hold.
+            held = max(0.0, min(queue_s, prepared.target_s - compute_s))
         self._server_s[prepared.request_id] = (server_s, held)
+        self.execution_horizon.served(ServedRequest(server_s=server_s, held_s=held, budget_s=prepared.budget_s,
+                                                    tick_s=1.0 / self.settings.control_hz, degraded=degraded))
         self.last_chunk = np.asarray(chunk, dtype=np.float32)
         self.last_start = prepared.tick
         self._last_request_id = prepared.request_id
         return {"request_id": prepared.request_id, "actions": self.last_chunk, "start_tick": prepared.tick,
                 "d": prepared.d, "s": prepared.s}
+
+    def failed(self, prepared: PreparedRequest, code: str) -> None:
+        """Record that the engine answered ``prepared`` with the error ``code`` instead of a
+        chunk (the previous chunk stays in force); load errors make s grow."""
+        if code in LOAD_ERRORS:
+            self.execution_horizon.refused()

@@ -42,6 +42,7 @@ class Send:
     code: str | None = None  # the reply's outcome for the metrics: "ok" or an error code
     arrival_ns: int | None = None  # of the request answered (latency metrics)
     deadline_ns: int | None = None
+    s: int | None = None  # a chunk's execution horizon (metrics)
 
 
 @dataclass
@@ -172,6 +173,9 @@ class RequestReplyProtocol:
     def _error_fields(self, owed: _Owed) -> dict[str, Any]:
         raise NotImplementedError
 
+    def _engine_error(self, owed: _Owed, code: str) -> None:
+        """The engine answered ``owed`` with an error instead of an output (default: nothing to keep)."""
+
     # -- in-order replies -------------------------------------------------------------------
 
     def _flush(self, now_ns: int) -> list[Action]:
@@ -182,6 +186,8 @@ class RequestReplyProtocol:
             owed = owed_queue.popleft()
             outcome = owed.outcome
             if isinstance(outcome, ProtocolError):
+                if not owed.fatal:
+                    self._engine_error(owed, outcome.code)
                 fields = {} if owed.fatal else self._error_fields(owed)
                 actions.append(Send(protocol.encode_text(outcome.to_message(**fields)), outcome.code))
                 if outcome.close_code is not None:
@@ -199,7 +205,7 @@ class RequestReplyProtocol:
             self._replies.prev_total_ms = round(total_ms, 3)
             reply = self._reply(owed, outcome, timing, now_ns)
             frame = protocol.encode_text(reply) if owed.text else protocol.encode_binary(reply)
-            actions.append(Send(frame, "ok", owed.arrival_ns, owed.deadline_ns))
+            actions.append(Send(frame, "ok", owed.arrival_ns, owed.deadline_ns, reply.get("s")))
         if self.draining and not owed_queue and not self.closing:
             self.closing = True
             actions.append(Close(CLOSE_GOING_AWAY, "server shutting down"))
@@ -298,8 +304,12 @@ class RealtimePolicyProtocol(RequestReplyProtocol):
     def _reply(self, owed: _Owed, result: Result, timing: dict[str, Any], now_ns: int) -> dict[str, Any]:
         prepared: "PreparedRequest" = owed.context
         server_s = (now_ns - owed.arrival_ns) / 1e9
-        return {"type": "chunk", **self.state.completed(prepared, result.output, server_s, result.queue_ns / 1e9),
-                "degraded": result.degraded, "timing": timing}
+        fields = self.state.completed(prepared, result.output, server_s, result.queue_ns / 1e9,
+                                      result.compute_ns / 1e9, result.degraded)
+        return {"type": "chunk", **fields, "degraded": result.degraded, "timing": timing}
+
+    def _engine_error(self, owed: _Owed, code: str) -> None:
+        self.state.failed(owed.context, code)
 
     def _error_fields(self, owed: _Owed) -> dict[str, Any]:
         return {} if owed.request_id is None else {"request_id": owed.request_id}

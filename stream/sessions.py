@@ -61,6 +61,7 @@ class SessionPump:
         self._closing = False
         self._replies = {}  # code -> bound counter, resolved lazily
         self._request_seconds = metrics.request_seconds.labels(self._model_name, self.route)
+        self._execution_horizon = metrics.execution_horizon.labels(self._model_name)
 
     async def run(self) -> None:
         try:
@@ -166,6 +167,8 @@ class SessionPump:
         if action.code is None:
             return
         self._count(action.code)
+        if action.s is not None:
+            self._execution_horizon.observe(action.s)
         if action.arrival_ns is not None:
             done = time.monotonic_ns()
             self._request_seconds.observe((done - action.arrival_ns) / 1e9)

@@ -211,3 +211,19 @@ def test_a_request_the_server_cannot_answer_in_time_fails_fast_instead_of_timing
     assert loop.stats.failures >= 3  # deadline_exceeded, each asked again at once
     assert loop.stats.timeouts == 0
     assert link.last_error["code"] == "deadline_exceeded"
+
+
+def test_metrics_report_the_execution_horizon_of_every_chunk():
+    from server_harness import ServerThread, metric_value, standin
+
+    with ServerThread([standin(1)]) as server:
+        with connect(server.url + "v1/policy") as ws:
+            ws.send(packb({"type": "hello", "strategy": "rtc", "s": 3}))
+            assert unpackb(ws.recv())["type"] == "ready"
+            for request_id, tick in enumerate((0, 3, 6)):
+                ws.send(packb({"type": "observation", "request_id": request_id, "tick": tick, "state": STATE}))
+                assert unpackb(ws.recv())["s"] == 3
+            text = server.metrics_text()
+    assert metric_value(text, "headway_execution_horizon_ticks_count", model="standin") == 3
+    assert metric_value(text, "headway_execution_horizon_ticks_bucket", model="standin", le="2.0") == 0
+    assert metric_value(text, "headway_execution_horizon_ticks_bucket", model="standin", le="3.0") == 3

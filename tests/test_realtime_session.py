@@ -166,3 +166,84 @@ def test_time_held_for_batching_does_not_count_toward_the_delay():
     state.completed(held, ramp_chunk(), server_s=0.021, queue_s=0.016)
     late = {"request_id": 2, "tick_sent": 8, "tick_arrived": 10, "rtt_ms": 22.0}
     assert state.observation(observation(3, 12, report=late)).d == 1
+
+
+def test_a_hold_that_pushed_a_reply_past_a_tick_boundary_does_not_count_toward_the_delay():
+    state = session(batch_hold=True)
+    state.completed(state.observation(observation(0, 0)), ramp_chunk(), server_s=0.020)
+    tick, request_id = 0, 1
+    # first, unheld 2-tick round trips (26 ms, 20 of them in the server): d = 2, and the
+    # server may hold a request for 40 - 6 - 3 = 31 ms
+    for _ in range(3):
+        report = {"request_id": request_id - 1, "tick_sent": tick, "tick_arrived": tick + 2, "rtt_ms": 26.0}
+        tick += 2
+        state.completed(state.observation(observation(request_id, tick, report=report)), ramp_chunk(), server_s=0.020)
+        request_id += 1
+    prepared = state.observation(observation(request_id, tick + 2))
+    assert prepared.d == 2 and prepared.target_s == pytest.approx(0.031)
+    # then every request is held 8 ms: a reply that would have landed at 18 ms, one tick,
+    # lands at 26 ms, two ticks
+    for _ in range(8):
+        state.completed(prepared, ramp_chunk(), server_s=0.020, queue_s=0.008)
+        report = {"request_id": request_id, "tick_sent": tick + 2, "tick_arrived": tick + 4, "rtt_ms": 26.0}
+        tick += 2
+        request_id += 1
+        prepared = state.observation(observation(request_id, tick + 2, report=report))
+    assert prepared.d == 1
+
+
+def test_one_late_reply_among_on_time_ones_leaves_d_alone():
+    state = session()
+    state.completed(state.observation(observation(0, 0)), ramp_chunk())
+    tick = 0
+    for request_id, ticks in enumerate((1, 1, 1, 1, 2, 1, 1, 1), start=1):  # the first is the warm-up one
+        report = {"request_id": request_id - 1, "tick_sent": tick, "tick_arrived": tick + ticks}
+        tick += ticks
+        state.completed(state.observation(observation(request_id, tick, report=report)), ramp_chunk())
+    assert state.observation(observation(9, tick + 1)).d == 1
+
+
+def test_with_headroom_the_execution_horizon_is_the_smallest_rtc_admits():
+    state = session()
+    state.completed(state.observation(observation(0, 0)), ramp_chunk(), server_s=0.004)
+    report = {"request_id": 0, "tick_sent": 0, "tick_arrived": 1}
+    assert state.observation(observation(1, 1, report=report)).s == 1
+
+
+def test_the_execution_horizon_follows_d():
+    state = session()
+    state.completed(state.observation(observation(0, 0)), ramp_chunk(), server_s=0.004)
+    tick = 0
+    for request_id in range(1, 4):
+        report = {"request_id": request_id - 1, "tick_sent": tick, "tick_arrived": tick + 3}
+        tick += 3
+        state.completed(state.observation(observation(request_id, tick, report=report)), ramp_chunk(), server_s=0.004)
+    prepared = state.observation(observation(4, tick + 3))
+    assert (prepared.d, prepared.s) == (3, 3)
+
+
+def test_requests_the_engine_refuses_make_the_execution_horizon_grow():
+    state = session()
+    state.completed(state.observation(observation(0, 0)), ramp_chunk(), server_s=0.004)
+    refused = state.observation(observation(1, 1))
+    state.failed(refused, "deadline_exceeded")
+    assert state.observation(observation(2, 1)).s == 2
+
+
+def test_a_superseded_request_is_not_load():
+    state = session()
+    state.completed(state.observation(observation(0, 0)), ramp_chunk(), server_s=0.004)
+    state.failed(state.observation(observation(1, 1)), "superseded")
+    assert state.observation(observation(2, 1)).s == 1
+
+
+def test_an_execution_horizon_pinned_in_hello_is_kept_under_load():
+    state = session(s=3)
+    state.completed(state.observation(observation(0, 0)), ramp_chunk(), server_s=0.004)
+    for request_id in range(1, 20):
+        state.failed(state.observation(observation(request_id, 1)), "deadline_exceeded")
+    assert state.observation(observation(20, 1)).s == 3
+
+
+def test_the_resolved_strategy_has_no_minimum_execution_horizon_any_more():
+    assert "s_min" not in session().settings.describe()

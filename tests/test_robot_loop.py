@@ -225,12 +225,12 @@ class SessionLink:
     """The server's /v1/policy session logic (sans I/O) behind an in-memory network whose
     round trip for request k is ``delays[k]`` ticks."""
 
-    def __init__(self, loop_ref, delays, horizon=16):
+    def __init__(self, loop_ref, delays, horizon=16, **hello):
         from stream.realtime_session import RealtimeSessionState
         from stream.registry import robot_observation_spec
 
         self.state = RealtimeSessionState(robot_observation_spec(3), horizon=horizon, action_dim=A, control_hz=50.0)
-        self.state.hello({"type": "hello", "strategy": "rtc"})
+        self.state.hello({"type": "hello", "strategy": "rtc", **hello})
         self.loop_ref, self.delays, self.horizon = loop_ref, delays, horizon
         self.pending = []
         self.replies = []
@@ -292,3 +292,30 @@ def test_stats_since_a_mark_count_only_what_came_after_it():
     assert later.ticks == 8 and later.warmup_ticks == 0
     assert later.requests == loop.stats.requests - mark.requests
     assert list(later.delay_ticks) == list(loop.stats.delay_ticks)[len(mark.delay_ticks):]
+
+
+def test_an_occasional_late_reply_does_not_make_the_server_freeze_actions_the_robot_never_waited_for():
+    # Served, a share of replies lands a tick late. If one late reply sets d for the next
+    # requests, the server freezes d actions to the old plan while the reply lands after
+    # one: the robot executes stale copies in the ticks it could have acted fresh.
+    holder = {}
+    delays = [1] + ([1] * 7 + [2]) * 40
+    link = SessionLink(lambda: holder["loop"], delays=delays, s=1)
+    robot = RecordingRobot()
+    loop = RobotLoop(robot, link, action_dim=A)
+    holder["loop"] = loop
+    for _ in range(200):
+        loop.step()
+    assumed = [(reply.d, delays[reply.request_id]) for reply in link.replies[2:]]  # after the warm-up round trip
+    assert len(assumed) > 50
+    assert [pair for pair in assumed if pair[0] > pair[1]] == []
+
+
+def test_the_loop_reports_the_execution_horizons_it_was_given():
+    loop, _, _ = make_loop(delays=[1] * 50, s=3)
+    for _ in range(40):
+        loop.step()
+    summary = loop.stats.summary()
+    assert loop.stats.chunks > 5
+    assert summary["s_p50"] == 3 and summary["s_max"] == 3
+    assert summary["s_above_d"] == loop.stats.chunks  # d = 1 every time: each s = 3 was above max(d, 1)
