@@ -22,11 +22,13 @@ S = 14  # state dimension
 STEP = 0.01
 
 
+_RAMP = (np.arange(1, H + 1, dtype=np.float32) * STEP)[None, :, None]  # [1, H, 1]: (h + 1) * STEP
+
+
 def standin_actions(states: np.ndarray) -> np.ndarray:
     """Chunks [B, H, A] (float32) for states [B, S]; the formula in the module docstring."""
-    states = np.asarray(states, dtype=np.float32)
-    ramp = (np.arange(1, H + 1, dtype=np.float32) * STEP)[None, :, None]
-    return states[:, None, :] + ramp * np.tanh(states)[:, None, :]
+    states = np.asarray(states, dtype=np.float32)[:, None, :]
+    return states + _RAMP * np.tanh(states)
 
 
 class StandinPolicy:
@@ -48,11 +50,11 @@ class StandinPolicy:
         self.latency_s = latency_s
         self.degraded_latency_s = latency_s / 2 if degraded_latency_s is None else degraded_latency_s
 
-    def sample(self, states: np.ndarray, degraded: np.ndarray | None = None) -> np.ndarray:
+    def sample(self, states: np.ndarray, degraded: bool = False) -> np.ndarray:
+        """Chunks for ``states`` [B, S]; ``degraded``: some item of the batch runs degraded."""
         start = time.monotonic()
         chunks = standin_actions(states)
-        budget = self.degraded_latency_s if degraded is not None and degraded.any() else self.latency_s
-        remaining = budget - (time.monotonic() - start)
+        remaining = (self.degraded_latency_s if degraded else self.latency_s) - (time.monotonic() - start)
         if remaining > 0:
             time.sleep(remaining)
         return chunks

@@ -101,6 +101,8 @@ CostOf = Callable[[Sequence[Request]], CostKey]
 
 def batch_size_cost(batch: Sequence[Request]) -> CostKey:
     """The default cost: the batch size, degraded batches apart from normal ones."""
+    if len(batch) == 1:
+        return CostKey("degraded" if batch[0].degraded else "normal", 1)
     degraded = sum(r.degraded for r in batch)
     kind = "normal" if not degraded else ("degraded" if degraded == len(batch) else "mixed")
     return CostKey(kind, len(batch))
@@ -122,9 +124,11 @@ class _LaneQueue:
 
     def first(self, n: int) -> list[Request]:
         """The ``n`` eligible requests with the earliest deadlines."""
-        if n == 1:
-            self.prune()
+        self.prune()
+        if n == 1 or len(self.heap) == 1:
             return [self.heap[0][2]] if self.heap else []
+        if len(self.heap) <= n:
+            return [entry[2] for entry in sorted(self.heap) if not entry[2].dead]
         return [entry[2] for entry in heapq.nsmallest(n + self._dead_count(), self.heap) if not entry[2].dead][:n]
 
     def _dead_count(self) -> int:

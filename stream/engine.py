@@ -76,8 +76,6 @@ class EngineMetricsSink(Protocol):
 
     def count_shed(self, reason: str) -> None: ...
 
-    def set_queue_depth(self, depth: int) -> None: ...
-
 
 _Outcome = tuple[asyncio.Future, Any]  # (future, Result | ProtocolError)
 
@@ -250,7 +248,6 @@ class Engine:
             outcome, superseded = self.batcher.push(request, now)
             if outcome is PushResult.QUEUED:
                 self._cond.notify()
-            depth = self.batcher.depth
         if superseded is not None:
             superseded.handle.set_exception(ProtocolError("superseded", "a newer observation replaced this one"))
             if self.metrics:
@@ -262,8 +259,6 @@ class Engine:
                                                              "requests queued; request shed"))
             if self.metrics:
                 self.metrics.count_shed("queue_full")
-        if self.metrics:
-            self.metrics.set_queue_depth(depth)
         return future
 
     def _miss(self, future: asyncio.Future, where: str) -> None:
@@ -309,7 +304,6 @@ class Engine:
                     break
                 step = self.batcher.next(time.monotonic_ns())
                 if isinstance(step, Dispatch):
-                    depth = self.batcher.depth
                     break
                 if step.ns is None:
                     self._cond.wait()
@@ -318,8 +312,6 @@ class Engine:
         if self._stopping:
             self._deliver([(r.handle, ProtocolError("shutting_down", "server is shutting down")) for r in stranded])
             return None, None
-        if self.metrics:
-            self.metrics.set_queue_depth(depth)
         if step.expired:
             self._deliver([(r.handle, None) for r in step.expired])
         return [], step if step.batch else None
@@ -349,20 +341,21 @@ class Engine:
             except Exception:
                 log.exception("model %s failed on a batch of %d", self.name, len(items))
                 error = ProtocolError("internal", "the model failed on this batch")
-        end = time.monotonic_ns()
-        compute = end - start
-        with self._cond:
-            self.batcher.finished()
+        compute = time.monotonic_ns() - start
         if error is None:
-            self.latency.observe(cost, compute)
             outcomes: list[_Outcome] = [
                 (r.handle, Result(output, start - r.arrival_ns, compute, len(items), r.degraded))
                 for r, output in zip(batch, outputs)]
         else:
             outcomes = [(r.handle, error) for r in batch]
+        # Answer first: the loop's wake-up overlaps the bookkeeping below.
+        self._deliver(outcomes)
+        with self._cond:
+            self.batcher.finished()
+        if error is None:
+            self.latency.observe(cost, compute)
         if self.metrics:
             self.metrics.observe_batch(len(items), compute / 1e9, [(start - r.arrival_ns) / 1e9 for r in batch])
-        self._deliver(outcomes)  # last, so the worker is back waiting (GIL free) when the loop wakes
 
     def _deliver(self, outcomes: list[_Outcome]) -> None:
         """Resolve futures on the loop: (future, Result | ProtocolError | None for a deadline miss)."""

@@ -20,12 +20,10 @@ guess.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Hashable
+from typing import Hashable, NamedTuple
 
 
-@dataclass(frozen=True)
-class CostKey:
+class CostKey(NamedTuple):
     kind: Hashable
     size: int
 
@@ -36,8 +34,10 @@ class LatencyEstimate:
         self.alpha = alpha
         self._mean: dict[Hashable, dict[int, float]] = {}
         self._dev: dict[Hashable, dict[int, float]] = {}
+        self._predicted: dict[CostKey, int] = {}  # answers since the last observation
 
     def observe(self, key: CostKey, ns: int) -> None:
+        self._predicted = {}
         means = self._mean.setdefault(key.kind, {})
         devs = self._dev.setdefault(key.kind, {})
         mean = means.get(key.size)
@@ -49,6 +49,12 @@ class LatencyEstimate:
         devs[key.size] += self.alpha * (abs(error) - devs[key.size])
 
     def predict(self, key: CostKey) -> int:
+        value = self._predicted.get(key)
+        if value is None:
+            value = self._predicted[key] = self._predict(key)
+        return value
+
+    def _predict(self, key: CostKey) -> int:
         means = self._mean.get(key.kind)
         if not means:
             return self.prior_ns

@@ -8,7 +8,7 @@ counters -- never a session.
 metric                                  type       meaning
 =====================================  =========  =============================================
 headway_open_sessions                   gauge      sessions open now {model, route}
-headway_queue_depth                     gauge      requests waiting in the engine {model}
+headway_queue_depth                     gauge      requests waiting in the engine {model} (read at each scrape)
 headway_queue_seconds                   histogram  arrival -> batch start {model}
 headway_compute_seconds                 histogram  one batched model call {model}
 headway_request_seconds                 histogram  frame received -> reply sent {model, route}
@@ -82,7 +82,6 @@ class EngineMetrics:
         self._queue = metrics.queue_seconds.labels(model)
         self._compute = metrics.compute_seconds.labels(model)
         self._batch = metrics.batch_size.labels(model)
-        self._depth = metrics.queue_depth.labels(model)
         self._misses = metrics.deadline_misses
         self._shed = metrics.shed
         self._model = model
@@ -99,5 +98,3 @@ class EngineMetrics:
     def count_shed(self, reason: str) -> None:
         self._shed.labels(self._model, reason).inc()
 
-    def set_queue_depth(self, depth: int) -> None:
-        self._depth.set(depth)

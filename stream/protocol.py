@@ -115,31 +115,48 @@ class ArrayField:
         return {"kind": "array", "dtypes": list(self.dtypes), "shape": list(self.shape),
                 "required": self.required}
 
+    def __post_init__(self) -> None:
+        # dtype objects, not names: comparing them costs no string per request
+        object.__setattr__(self, "_accepted", frozenset(np.dtype(d) for d in self.dtypes))
+        object.__setattr__(self, "_cast", np.dtype(self.cast))
+
     def validate(self, name: str, value: Any) -> np.ndarray:
         if isinstance(value, np.ndarray):
-            if value.dtype.name not in self.dtypes:
+            if value.dtype not in self._accepted:
                 raise ProtocolError("bad_dtype", f"{name}: dtype {value.dtype.name} not accepted "
                                                  f"(accepted: {', '.join(self.dtypes)})")
             array = value
         elif isinstance(value, list):
             try:
-                array = np.asarray(value, dtype=self.cast)
+                array = np.asarray(value, dtype=self._cast)
             except (TypeError, ValueError, OverflowError):
                 raise ProtocolError("bad_dtype", f"{name}: list is not numeric "
                                                  f"(expected {self.cast})") from None
         else:
             raise ProtocolError("bad_type", f"{name}: expected an array, got {type(value).__name__}")
-        if array.ndim != len(self.shape) or any(
-            (want is not None and got != want) or (want is None and not 0 < got <= self.max_size)
-            for got, want in zip(array.shape, self.shape)
-        ):
+        shape = array.shape
+        fits = len(shape) == len(self.shape)
+        if fits:
+            for got, want in zip(shape, self.shape):
+                if (got != want) if want is not None else not 0 < got <= self.max_size:
+                    fits = False
+                    break
+        if not fits:
             want = "x".join("N" if n is None else str(n) for n in self.shape)
-            raise ProtocolError("bad_shape", f"{name}: shape {list(array.shape)} does not match [{want}]")
-        if array.dtype.name != self.cast:
-            array = array.astype(self.cast)
-        if self.finite and array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise ProtocolError("bad_shape", f"{name}: shape {list(shape)} does not match [{want}]")
+        if array.dtype != self._cast:
+            array = array.astype(self._cast)
+        if self.finite and array.dtype.kind == "f" and not _finite(array):
             raise ProtocolError("not_finite", f"{name}: contains NaN or Inf")
         return array
+
+
+def _finite(array: np.ndarray) -> bool:
+    # A robot state is a handful of floats: checking them in Python is a few times cheaper
+    # than two numpy calls; large arrays take numpy's path.
+    if array.ndim == 1 and array.size <= 64:
+        return all(map(math.isfinite, array.tolist()))
+    return bool(np.isfinite(array).all())
 
 
 @dataclass(frozen=True)

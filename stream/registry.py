@@ -190,9 +190,7 @@ class StandinExecutor:
 
     def run(self, batch: RunBatch) -> list[np.ndarray]:
         states = np.stack([item.inputs["state"] for item in batch.items])
-        degraded = np.array([item.degraded for item in batch.items])
-        chunks = self.policy.sample(states, degraded)
-        return list(chunks)
+        return list(self.policy.sample(states, any(item.degraded for item in batch.items)))
 
 
 def _standin(options: ModelOptions) -> LoadedModel:
