@@ -230,7 +230,7 @@ def _in_process_rows(family: str) -> list[dict]:
 
 def run_sweep(args: argparse.Namespace) -> list[dict]:
     """Every (task, family, strategy) cell, one server per (task, family); see the module docstring."""
-    from benchmarks.server_process import ServerProcess
+    from clients.server_process import ServerProcess
 
     tasks = _split(args.tasks, args.task)
     strategies = _split(args.strategies, args.strategy)
