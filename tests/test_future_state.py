@@ -6,7 +6,7 @@ import torch
 from chunking.dynamics import future_state_fn
 from chunking.future_state import last_commanded_position, rollout_pending, rollout_with
 from chunking.realtime import RealtimeConfig, realtime_chunk
-from tests.tiny_policies import small_policy
+from tiny_policies import small_policy
 
 
 def integrate(state, action):

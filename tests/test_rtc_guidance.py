@@ -8,7 +8,7 @@ import torch
 from chunking.realtime import RealtimeConfig, realtime_chunk
 from chunking.rtc import RealTimeChunkingGuide, diffusion_guidance_weight, flow_guidance_weight
 from chunking.soft_mask import prefix_weights
-from tests.tiny_policies import gaussian_policy
+from tiny_policies import gaussian_policy
 
 FAMILIES = ("flow", "diffusion")
 B, H, A, S = 6, 8, 2, 3

@@ -9,7 +9,7 @@ from chunking.bid import select_coherent
 from chunking.ensemble import EnsembleConfig, TemporalEnsemble
 from chunking.future_state import rollout_with
 from chunking.strategies import STRATEGIES, ChunkedController, StrategyConfig
-from tests.tiny_policies import ClockPolicy, small_policy
+from tiny_policies import ClockPolicy, small_policy
 
 HOLD = -100.0
 
