@@ -18,6 +18,14 @@ from .sampling import PluginSampler
 ACTION_CLIP_STD = 5.0
 
 
+def spec_of(config: PolicyConfig) -> PolicySpec:
+    """The plug-in spec of a policy built from ``config``: the observation is ``state`` alone,
+    which future state rolls forward."""
+    return PolicySpec(family=config.family, horizon=config.horizon, action_dim=config.action_dim,
+                      control_hz=config.control_hz, inputs={"state": VectorInput(config.state_dim)},
+                      state_keys=("state",), num_steps=config.num_steps, action_clip=ACTION_CLIP_STD)
+
+
 class NormalizedChunkPolicy(nn.Module):
     """Base of the chunk policies: owns the ActionChunkNet and the normalisation statistics.
 
@@ -54,11 +62,7 @@ class NormalizedChunkPolicy(nn.Module):
 
     @property
     def spec(self) -> PolicySpec:
-        """The plug-in spec: the observation is ``state`` alone, which future state rolls forward."""
-        c = self.config
-        return PolicySpec(family=c.family, horizon=c.horizon, action_dim=c.action_dim, control_hz=c.control_hz,
-                          inputs={"state": VectorInput(c.state_dim)}, state_keys=("state",),
-                          num_steps=c.num_steps, action_clip=ACTION_CLIP_STD)
+        return spec_of(self.config)
 
     def encode(self, observation: dict) -> torch.Tensor:
         """The normalised state ``[B, S]``: the network's conditioning."""
