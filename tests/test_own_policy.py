@@ -273,3 +273,17 @@ def test_a_hello_asking_future_state_of_a_policy_without_a_rollout_is_refused():
                 ws.recv(timeout=5)
     assert error["type"] == "error" and error["code"] == "unsupported" and "future_state" in error["message"]
     assert closed.value.rcvd.code == 1008
+
+
+def test_a_plugin_runs_the_same_in_an_executor_process():
+    models, config = serve_args("--policy", "plugin_policies:libero")
+    from dataclasses import replace
+
+    from plugin_policies import libero
+
+    spec = libero().spec
+    with ServerThread(models, replace(config, executor_host="process")) as server:
+        policy = WebsocketClientPolicy("127.0.0.1", server.port)
+        obs = libero_observation(9)
+        actions = policy.infer(obs)["actions"]
+    np.testing.assert_allclose(actions, expected_chunk(float32_vectors(obs), spec), rtol=1e-5, atol=1e-5)
