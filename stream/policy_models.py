@@ -20,6 +20,7 @@ policy's observation keys (``PolicySpec.inputs``); for real-time chunking ``prev
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import math
 import os
@@ -67,7 +68,14 @@ def build_plugin(factory: str, kwargs: Mapping[str, Any] | None = None) -> Any:
     make = getattr(module, name, None)
     if not callable(make):
         raise ValueError(f"--policy {factory!r}: module {module_name} has no callable {name!r}")
-    plugin = make(**dict(kwargs or {}))
+    kwargs = dict(kwargs or {})
+    try:
+        inspect.signature(make).bind(**kwargs)
+    except TypeError as exc:  # the arguments do not fit (an error inside the factory keeps its traceback)
+        raise ValueError(f"{factory}{inspect.signature(make)} cannot take {kwargs}: {exc} (--policy-arg K=V)") from None
+    except ValueError:  # no signature to check (a builtin): let the call say
+        pass
+    plugin = make(**kwargs)
     check_plugin(plugin, factory)
     return plugin
 
