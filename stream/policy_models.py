@@ -70,9 +70,10 @@ def build_plugin(factory: str, kwargs: Mapping[str, Any] | None = None) -> Any:
         raise ValueError(f"--policy {factory!r}: module {module_name} has no callable {name!r}")
     kwargs = dict(kwargs or {})
     try:
-        inspect.signature(make).bind(**kwargs)
+        signature = inspect.signature(make).replace(return_annotation=inspect.Signature.empty)
+        signature.bind(**kwargs)
     except TypeError as exc:  # the arguments do not fit (an error inside the factory keeps its traceback)
-        raise ValueError(f"{factory}{inspect.signature(make)} cannot take {kwargs}: {exc} (--policy-arg K=V)") from None
+        raise ValueError(f"{factory}{signature} cannot take {kwargs}: {exc} (--policy-arg K=V)") from None
     except ValueError:  # no signature to check (a builtin): let the call say
         pass
     plugin = make(**kwargs)
