@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -U pip
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q -e '.[test,lerobot]'
 	@touch $(STAMP)
 
 install: $(STAMP)

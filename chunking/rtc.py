@@ -133,6 +133,19 @@ class RealTimeChunkingGuide:
         target = policy.normalize_actions(prev_chunk)
         return cls(target, weights.to(target.device), config.beta)
 
+    def widened(self, offset: int, length: int) -> "RealTimeChunkingGuide":
+        """The same guidance for a sampler whose trajectory (``[B, length, A]``) holds the
+        chunk at rows ``offset .. offset + H - 1``: target and weights are zero everywhere
+        else, so the whole trajectory is denoised and only the chunk is pulled."""
+        batch, horizon, action_dim = self.target.shape
+        if offset < 0 or offset + horizon > length:
+            raise ValueError(f"a chunk of {horizon} rows at {offset} does not fit a trajectory of {length}")
+        target = self.target.new_zeros((batch, length, action_dim))
+        target[:, offset:offset + horizon] = self.target
+        weights = self.weights.new_zeros((batch, length))
+        weights[:, offset:offset + horizon] = self.weights
+        return RealTimeChunkingGuide(target, weights, self.beta)
+
     def _vjp(self, x: torch.Tensor, denoise: Denoise, estimate) -> tuple[torch.Tensor, torch.Tensor]:
         """(network output, g = eᵀ ∂x̂/∂x) where x̂ = estimate(x, output)."""
         with torch.inference_mode(False), torch.enable_grad():

@@ -41,7 +41,8 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from .base import PolicyConfig, StepGuide, WarmStart
-from .normalized import ACTION_CLIP_STD, NormalizedChunkPolicy
+from .normalized import NormalizedChunkPolicy
+from .sampling import to_epsilon
 
 NUM_TRAIN_TIMESTEPS = 100
 BETA_SCHEDULE = "squaredcos_cap_v2"
@@ -49,7 +50,8 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 class DiffusionPolicy(NormalizedChunkPolicy):
-    """Diffusion chunk policy (epsilon or v prediction); implements :class:`policies.base.ChunkPolicy`."""
+    """Diffusion chunk policy (epsilon or v prediction); implements :class:`policies.base.ChunkPolicy`
+    and, with ``scheduler`` and :meth:`denoise`, the diffusion plug-in interface."""
 
     def __init__(self, config: PolicyConfig) -> None:
         if config.family != "diffusion":
@@ -65,25 +67,16 @@ class DiffusionPolicy(NormalizedChunkPolicy):
             clip_sample=False,
             prediction_type=self.prediction_type,
         )
-        # One DDIM scheduler per step count, configured once and never mutated afterwards,
-        # so concurrent samplers with different step counts cannot disturb each other.
-        self._samplers: dict[int, DDIMScheduler] = {}
-
-    def sampler(self, num_steps: int) -> DDIMScheduler:
-        """The DDIM scheduler for ``num_steps`` sampling steps (cached)."""
-        if num_steps not in self._samplers:
-            scheduler = DDIMScheduler(
-                num_train_timesteps=self.num_train_timesteps,
-                beta_schedule=BETA_SCHEDULE,
-                clip_sample=False,
-                prediction_type="epsilon",
-                timestep_spacing="leading",
-                steps_offset=0,
-                set_alpha_to_one=True,
-            )
-            scheduler.set_timesteps(num_steps)
-            self._samplers[num_steps] = scheduler
-        return self._samplers[num_steps]
+        # The sampler's template (``policies.sampling`` copies it per step count).
+        self.scheduler = DDIMScheduler(
+            num_train_timesteps=self.num_train_timesteps,
+            beta_schedule=BETA_SCHEDULE,
+            clip_sample=False,
+            prediction_type=self.prediction_type,
+            timestep_spacing="leading",
+            steps_offset=0,
+            set_alpha_to_one=True,
+        )
 
     def training_loss(self, state: torch.Tensor, actions: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """DDPM loss (epsilon or v target); ``state`` and ``actions`` (x0) are normalised."""
@@ -100,10 +93,11 @@ class DiffusionPolicy(NormalizedChunkPolicy):
 
     def _epsilon(self, output: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
         """The network's output for x at cumulative signal level ``alpha_bar`` ([B]) as an eps estimate."""
-        if self.prediction_type == "epsilon":
-            return output
-        a = alpha_bar.reshape(-1, 1, 1)
-        return a.sqrt() * output + (1.0 - a).sqrt() * x
+        return to_epsilon(output, x, alpha_bar, self.prediction_type)
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor:
+        """The network's output at ``x`` and integer timesteps ``t`` ([B]), fed tau = t / T."""
+        return self.net(x, (t.to(torch.float64) / self.num_train_timesteps).to(torch.float32), conditioning)
 
     def sample(
         self,
@@ -120,40 +114,9 @@ class DiffusionPolicy(NormalizedChunkPolicy):
         (RTI), the given chunk x0' is re-noised with ``add_noise`` to the timestep where
         the last k = ``warm_start.steps`` steps begin, and only those k steps run. With
         ``guide``, each step calls ``guide.diffusion_epsilon(x, alpha_bar_t, denoise)``
-        instead of the network, with autograd on.
+        instead of the network, with autograd on. The loop is ``policies.sampling``'s, as
+        for every diffusion plug-in.
         """
         state = self._check_state(state)
-        b = state.shape[0]
-        n = int(num_steps or self.config.num_steps)
-        if n < 1:
-            raise ValueError("num_steps must be >= 1")
-        scheduler = self.sampler(n)
-        timesteps = scheduler.timesteps
-        obs = self.normalize_state(state)
-        eps = self._noise(b, generator)
-        if warm_start is None:
-            x, start = eps, 0
-        else:
-            k = int(warm_start.steps)
-            if not 1 <= k <= n:
-                raise ValueError(f"warm_start.steps must lie in [1, {n}], got {k}")
-            if warm_start.chunk.shape != eps.shape:
-                raise ValueError(f"warm_start.chunk must be {tuple(eps.shape)}, got {tuple(warm_start.chunk.shape)}")
-            start = n - k
-            x0 = self.normalize_actions(warm_start.chunk.to(torch.float32))
-            x = self.train_scheduler.add_noise(x0, eps, timesteps[start : start + 1].expand(b))
-        alphas_cumprod = scheduler.alphas_cumprod
-        for t in timesteps[start:]:
-            tau = torch.full((b,), float(t) / self.num_train_timesteps)
-            alpha_bar = alphas_cumprod[int(t)].expand(b).to(torch.float32)
-            if guide is None:
-                with torch.no_grad():
-                    eps_hat = self._epsilon(self.net(x, tau, obs), x, alpha_bar)
-            else:
-                def denoise(z: torch.Tensor, _tau: torch.Tensor = tau, _ab: torch.Tensor = alpha_bar) -> torch.Tensor:
-                    return self._epsilon(self.net(z, _tau, obs), z, _ab)
-
-                eps_hat = guide.diffusion_epsilon(x, alpha_bar, denoise).detach()
-            x = scheduler.step(eps_hat, int(t), x, eta=0.0).prev_sample
-        x = x.clamp(-ACTION_CLIP_STD, ACTION_CLIP_STD)
-        return self.unnormalize_actions(x).detach()
+        return self._sampler.sample(self.encode({"state": state}), state.shape[0], guide=guide,
+                                    warm_start=warm_start, num_steps=num_steps, generator=generator)

@@ -21,11 +21,12 @@ from __future__ import annotations
 import torch
 
 from .base import PolicyConfig, StepGuide, WarmStart
-from .normalized import ACTION_CLIP_STD, NormalizedChunkPolicy
+from .normalized import NormalizedChunkPolicy
 
 
 class FlowPolicy(NormalizedChunkPolicy):
-    """Flow-matching chunk policy; implements :class:`policies.base.ChunkPolicy`."""
+    """Flow-matching chunk policy; implements :class:`policies.base.ChunkPolicy` and, with
+    :meth:`velocity`, the flow plug-in interface (:class:`policies.base.FlowPlugin`)."""
 
     def __init__(self, config: PolicyConfig) -> None:
         if config.family != "flow":
@@ -40,6 +41,10 @@ class FlowPolicy(NormalizedChunkPolicy):
         x_tau = (1.0 - tau[:, None, None]) * eps + tau[:, None, None] * actions
         v = self.net(x_tau, tau, state)
         return (v - (actions - eps)).square().mean()
+
+    def velocity(self, x: torch.Tensor, tau: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor:
+        """The network's velocity at ``x`` and flow time ``tau`` for the normalised state ``conditioning``."""
+        return self.net(x, tau, conditioning)
 
     def sample(
         self,
@@ -58,35 +63,8 @@ class FlowPolicy(NormalizedChunkPolicy):
         ``warm_start.steps`` Euler steps run. With ``guide``, every step calls
         ``guide.flow_velocity(x, tau, denoise)`` instead of the network, and sampling runs
         with autograd on (the guide takes a vector-Jacobian product through ``denoise``).
+        The loop is ``policies.sampling``'s, as for every flow plug-in.
         """
         state = self._check_state(state)
-        b = state.shape[0]
-        n = int(num_steps or self.config.num_steps)
-        if n < 1:
-            raise ValueError("num_steps must be >= 1")
-        obs = self.normalize_state(state)
-        eps = self._noise(b, generator)
-        if warm_start is None:
-            k, tau0, x = n, 0.0, eps
-        else:
-            k = int(warm_start.steps)
-            if not 1 <= k <= n:
-                raise ValueError(f"warm_start.steps must lie in [1, {n}], got {k}")
-            if warm_start.chunk.shape != eps.shape:
-                raise ValueError(f"warm_start.chunk must be {tuple(eps.shape)}, got {tuple(warm_start.chunk.shape)}")
-            tau0 = 1.0 - k / n
-            x = (1.0 - tau0) * eps + tau0 * self.normalize_actions(warm_start.chunk.to(torch.float32))
-        dt = 1.0 / n
-        for i in range(k):
-            tau = torch.full((b,), tau0 + i * dt)
-            if guide is None:
-                with torch.no_grad():
-                    v = self.net(x, tau, obs)
-            else:
-                def denoise(z: torch.Tensor, _tau: torch.Tensor = tau) -> torch.Tensor:
-                    return self.net(z, _tau, obs)
-
-                v = guide.flow_velocity(x, tau, denoise).detach()
-            x = x + dt * v
-        x = x.clamp(-ACTION_CLIP_STD, ACTION_CLIP_STD)
-        return self.unnormalize_actions(x).detach()
+        return self._sampler.sample(self.encode({"state": state}), state.shape[0], guide=guide,
+                                    warm_start=warm_start, num_steps=num_steps, generator=generator)

@@ -160,22 +160,61 @@ def _finite(array: np.ndarray) -> bool:
 
 
 @dataclass(frozen=True)
-class ArrayMapField:
-    """A map of named arrays (e.g. camera name -> image), at most ``max_items`` entries."""
+class ImageField:
+    """A uint8 RGB image of exactly ``height`` x ``width``, sent ``[H, W, 3]`` (openpi's LIBERO
+    and DROID examples) or ``[3, H, W]`` (its ALOHA example); validated to ``[H, W, 3]``."""
 
-    item: ArrayField
-    max_items: int = 4
-    required: bool = False
+    height: int
+    width: int
+    required: bool = True
 
     def describe(self) -> dict:
-        return {"kind": "map", "item": self.item.describe(), "max_items": self.max_items,
-                "required": self.required}
+        return {"kind": "image", "dtypes": ["uint8"], "shape": [self.height, self.width, 3],
+                "also": [3, self.height, self.width], "required": self.required}
+
+    def validate(self, name: str, value: Any) -> np.ndarray:
+        pixels = ArrayField(("uint8",), (None, None, None), cast="uint8", finite=False,
+                            max_size=max(self.height, self.width, 3))
+        try:
+            array = pixels.validate(name, value)
+        except ProtocolError as exc:
+            if exc.code != "bad_shape":
+                raise
+            array = None
+        if array is not None and array.shape == (self.height, self.width, 3):
+            return array
+        if array is not None and array.shape == (3, self.height, self.width):
+            return np.ascontiguousarray(array.transpose(1, 2, 0))
+        got = list(np.shape(value)) if isinstance(value, (np.ndarray, list)) else "?"
+        raise ProtocolError("bad_shape", f"{name}: shape {got} does not match [{self.height}, {self.width}, 3] "
+                                         f"or [3, {self.height}, {self.width}]")
+
+
+@dataclass(frozen=True)
+class ArrayMapField:
+    """A map of named arrays (e.g. camera name -> image), at most ``max_items`` entries; with
+    ``names``, exactly those entries."""
+
+    item: ArrayField | ImageField
+    max_items: int = 4
+    required: bool = False
+    names: tuple[str, ...] | None = None
+
+    def describe(self) -> dict:
+        described = {"kind": "map", "item": self.item.describe(), "max_items": self.max_items,
+                     "required": self.required}
+        if self.names is not None:
+            described["names"] = list(self.names)
+        return described
 
     def validate(self, name: str, value: Any) -> dict[str, np.ndarray]:
         if not isinstance(value, dict):
             raise ProtocolError("bad_type", f"{name}: expected a map of arrays, got {type(value).__name__}")
         if len(value) > self.max_items:
             raise ProtocolError("bad_shape", f"{name}: {len(value)} entries, at most {self.max_items}")
+        if self.names is not None and set(value) != set(self.names):
+            raise ProtocolError("bad_shape", f"{name}: entries {sorted(map(str, value))}, expected exactly "
+                                             f"{', '.join(self.names)}")
         out = {}
         for key, item in value.items():
             if not isinstance(key, str) or not 0 < len(key) <= 64:
@@ -202,7 +241,29 @@ class TextField:
         return value
 
 
-Field = ArrayField | ArrayMapField | TextField
+@dataclass(frozen=True)
+class Renamed:
+    """A model field that clients send under another key (``headway serve --obs-map``): the
+    spec holds it under the client's key and validation hands it on as ``to``; ``to`` None
+    accepts the key and drops it (a prompt for a policy that takes none)."""
+
+    field: "ArrayField | ImageField | ArrayMapField | TextField | None"
+    to: str | None
+
+    @property
+    def required(self) -> bool:
+        return self.field is not None and self.field.required
+
+    def describe(self) -> dict:
+        if self.field is None:
+            return {"kind": "ignored", "required": False}
+        return {**self.field.describe(), "as": self.to}
+
+    def validate(self, name: str, value: Any) -> Any:
+        return None if self.field is None else self.field.validate(name, value)
+
+
+Field = ArrayField | ImageField | ArrayMapField | TextField | Renamed
 
 
 @dataclass(frozen=True)
@@ -232,8 +293,36 @@ class ObservationSpec:
                 if spec.required:
                     raise ProtocolError("missing_field", f"missing field {name!r}")
                 continue
+            if isinstance(spec, Renamed):
+                if spec.to is not None:
+                    out[spec.to] = spec.validate(name, message[name])
+                continue
             out[name] = spec.validate(name, message[name])
         return out
+
+    def renamed(self, wire_names: Mapping[str, str | None]) -> "ObservationSpec":
+        """This spec with fields sent under other keys: ``wire_names`` maps a client's key to
+        the field it carries (``{"observation/state": "state"}``), or to None for a key that is
+        accepted and dropped; fields not named keep their keys. Raises ``ValueError`` (naming
+        the fields) for a field that does not exist or is named twice, and for a client key
+        that another field or the envelope already uses."""
+        targets = [name for name in wire_names.values() if name is not None]
+        for name in targets:
+            if name not in self.fields:
+                raise ValueError(f"the model has no field {name!r} (its fields: {', '.join(self.fields)})")
+        if len(set(targets)) != len(targets):
+            raise ValueError(f"a field is mapped from two keys: {', '.join(targets)}")
+        wire_of = {name: wire for wire, name in wire_names.items() if name is not None}
+        kept = {name for name in self.fields if name not in wire_of}
+        fields: dict[str, Field] = {}  # in the model's order, so that error messages list them so
+        for name, f in self.fields.items():
+            fields[wire_of.get(name, name)] = Renamed(f, name) if name in wire_of else f
+        for wire, name in wire_names.items():
+            if wire in kept or wire in self.envelope:
+                raise ValueError(f"{wire!r} is already a key of the model's observations")
+            if name is None:
+                fields[wire] = Renamed(None, None)
+        return ObservationSpec(fields, envelope=self.envelope)
 
 
 def request_id(message: Mapping[str, Any]) -> int | str | None:

@@ -7,7 +7,9 @@ function that turns one executor output into the reply's fields.
 
 Adding a model (e.g. a trained policy per task) means registering a factory here with
 :func:`register`, or a resolver with :func:`register_resolver` for a family of names
-(``--model <task>``); the server and sessions do not change. Factories import their
+(``--model <task>``); the server and sessions do not change. A user's own policy needs no
+registration: ``stream.policy_models.plugin_model`` serves any object implementing the
+chunk-policy plug-in interface (``headway serve --policy MODULE:FACTORY``). Factories import their
 heavy dependencies (torch) inside, so serving the stand-in stays light.
 
 Every name ``load`` accepts is listed by :func:`known_models` (``headway serve --help`` and

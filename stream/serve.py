@@ -7,6 +7,13 @@ The first ``--model`` is the default at ``/``; others are reached with ``/?model
 ``--model NAME=ALIAS`` serves a model under another name (e.g. two stand-ins). Without
 ``--model`` it serves the stand-in, not a trained policy; ``headway serve --help`` lists
 every model it can serve.
+
+Your own policy (docs/own-policy.md): ``--policy MODULE:FACTORY`` serves the object
+``FACTORY(**args)`` returns (the chunk-policy plug-in interface of ``policies.base``), each
+``--policy-arg K=V`` after it one keyword argument, each ``--obs-map CLIENT=POLICY`` after it
+one observation key renamed (``CLIENT=`` accepts the key and drops it);
+``--policy lerobot:PATH`` serves a LeRobot policy saved with ``save_pretrained``. Policies
+come first: the first is the default at ``/`` and ``/v1/policy``.
 On SIGTERM or SIGINT the server drains: no new sessions, replies in flight are sent,
 sessions close with 1001, then the process exits 0.
 """
@@ -16,10 +23,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import json
 import logging
 import os
 import signal
 import sys
+from dataclasses import dataclass, field
+from typing import Any
 
 from stream import registry
 from stream.server import HeadwayServer, ServerConfig
@@ -30,6 +40,46 @@ SUMMARY = "serve models over websockets"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
+@dataclass
+class PolicyChoice:
+    """One ``--policy`` and the ``--policy-arg`` and ``--obs-map`` options given after it."""
+
+    target: str
+    alias: str | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+    obs_map: dict[str, str | None] = field(default_factory=dict)
+
+
+def option_value(text: str) -> Any:
+    """A ``--policy-arg`` value: JSON where it parses (``10``, ``0.5``, ``true``, ``[0, 1]``), else the string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+class _PolicyAction(argparse.Action):
+    def __call__(self, parser, namespace, value, option_string=None):
+        target, _, alias = value.partition("=")
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), PolicyChoice(target, alias or None)])
+
+
+class _PolicyOptionAction(argparse.Action):
+    """``--policy-arg K=V`` and ``--obs-map CLIENT=POLICY``: for the ``--policy`` before them."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        policies = getattr(namespace, "policy", None)
+        if not policies:
+            parser.error(f"{option_string} {value}: put it after the --policy it is for")
+        key, sep, rest = value.partition("=")
+        if not sep or not key:
+            parser.error(f"{option_string} wants {self.metavar}, got {value!r}")
+        if self.dest == "policy_arg":
+            policies[-1].args[key] = option_value(rest)
+        else:
+            policies[-1].obs_map[key] = rest or None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = ServerConfig()
     parser.add_argument("--host", default=d.host, help="address to bind (default 127.0.0.1: this machine only)")
@@ -38,6 +88,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model to serve (listed below), repeatable: the first is served at / and "
                              "/v1/policy, others at ?model=NAME; NAME=ALIAS serves it as ALIAS "
                              "(default: standin, which is not a trained policy)")
+    parser.add_argument("--policy", action=_PolicyAction, default=None, metavar="MODULE:FACTORY[=ALIAS]",
+                        help="serve your own policy: the object FACTORY(**args) of MODULE (found from the "
+                             "working directory too) implementing Headway's chunk-policy interface "
+                             "(docs/own-policy.md), or lerobot:PATH, a LeRobot policy saved with save_pretrained; "
+                             "repeatable; policies come before --model ones, the first at / and /v1/policy")
+    parser.add_argument("--policy-arg", action=_PolicyOptionAction, metavar="K=V",
+                        help="keyword argument of the --policy before it (V read as JSON where it parses, "
+                             "else a string), repeatable")
+    parser.add_argument("--obs-map", action=_PolicyOptionAction, metavar="CLIENT=POLICY",
+                        help="observation key CLIENT that clients send is the policy's key POLICY (CLIENT= : "
+                             "accepted and dropped); for the --policy before it, repeatable")
     parser.add_argument("--standin-ms", type=float, default=20.0,
                         help="duration of every batched call of the stand-in policy (default %(default)s)")
     parser.add_argument("--max-batch", type=int, default=64, help="largest batch per model call (default %(default)s)")
@@ -70,7 +131,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def epilog() -> str:
     """The models ``--model`` accepts, for ``headway serve --help`` (reads the checkpoint folder)."""
     return ("models (--model NAME):\n" + registry.describe_models() + "\n\n"
-            "Plain 'headway serve' serves the stand-in; 'headway serve --model whack' serves the trained whack policy.")
+            "Plain 'headway serve' serves the stand-in; 'headway serve --model whack' serves the trained whack policy;\n"
+            "'headway serve --policy my_policy:make_policy' serves your own (docs/own-policy.md).")
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -83,9 +145,21 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def load_models(args: argparse.Namespace) -> list[registry.LoadedModel]:
+    """The ``--policy`` models, then the ``--model`` ones (the stand-in when there are none).
+
+    Raises ``KeyError`` for an unknown ``--model`` and ``ValueError`` or ``ImportError`` for a
+    ``--policy`` that cannot be served, each with a message for the user."""
     options = registry.ModelOptions(standin_ms=args.standin_ms, max_batch_size=args.max_batch, device=args.device)
     models = []
-    for spec in args.model or ["standin"]:
+    for choice in getattr(args, "policy", None) or []:
+        from stream.policy_models import plugin_model  # imports torch: only when a policy is served
+
+        try:
+            models.append(plugin_model(choice.target, choice.args, options, alias=choice.alias,
+                                       obs_map=choice.obs_map))
+        except (ValueError, ImportError) as exc:
+            raise type(exc)(f"--policy {choice.target}: {exc}") from exc
+    for spec in args.model or ([] if models else ["standin"]):
         name, _, alias = spec.partition("=")
         models.append(registry.load(name, options, alias=alias or None))
     return models
@@ -123,6 +197,9 @@ def main(args: argparse.Namespace) -> int:
         models = load_models(args)
     except KeyError as exc:
         print(f"headway serve: {exc.args[0]} ('headway serve --help' says what each is)", file=sys.stderr)
+        return 2
+    except (ValueError, ImportError) as exc:
+        print(f"headway serve: {exc} (docs/own-policy.md says what a policy provides)", file=sys.stderr)
         return 2
     config = config_from_args(args)
     try:

@@ -279,16 +279,19 @@ class RealtimePolicyProtocol(RequestReplyProtocol):
     def received(self, frame: bytes | str, now_ns: int) -> list[Action]:
         if self.ready or self.closing:
             return super().received(frame, now_ns)
+        meta = self.model.metadata
         try:
             settings = self.state.hello(protocol.decode(frame))
+            if settings.future_state and not meta.get("future_state", False):
+                raise ProtocolError("unsupported", f"future_state: model {self.model.name!r} has no future-state "
+                                                   "rollout (its policy declares none); send future_state false")
         except ProtocolError as exc:
             return self.refused(exc)
         self.ready = True
-        meta = self.model.metadata
         model = {"name": self.model.name, "task": meta.get("task"), "family": meta.get("family"),
                  "horizon": meta["action_horizon"], "action_dim": meta["action_dim"],
                  "state_dim": meta.get("state_dim"), "control_hz": meta.get("control_hz"),
-                 "num_steps": meta.get("num_steps")}
+                 "num_steps": meta.get("num_steps"), "future_state": meta.get("future_state", False)}
         ready = {"type": "ready", "model": model, "strategy": settings.describe()}
         return [Send(protocol.encode_text(ready) if isinstance(frame, str) else protocol.encode_binary(ready))]
 

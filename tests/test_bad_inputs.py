@@ -238,6 +238,17 @@ async def more_sessions_than_capacity(server: ServerThread, case: BadInput) -> N
         await ws.close()
 
 
+async def future_state_from_a_model_without_a_rollout(server: ServerThread, case: BadInput) -> None:
+    # The stand-in has no model of the robot's dynamics to roll its state forward with.
+    async with connect(server.url + "v1/policy", compression=None, additional_headers=AUTH) as ws:
+        await ws.send(json.dumps({"type": "hello", "strategy": "rtc", "future_state": True}))
+        error = json.loads(await ws.recv())
+        assert error["code"] == case.code and "future_state" in error["message"], error
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.recv()
+        assert info.value.rcvd.code == case.close_code
+
+
 CASES = [
     BadInput("not_msgpack", sends(lambda: b"\xc1\xc1\xc1 definitely not msgpack"), "bad_frame", 1008),
     BadInput("unknown_type", sends(lambda: observation(type="teleport")), "unknown_type", 1008),
@@ -252,6 +263,7 @@ CASES = [
     BadInput("unknown_field", sends(lambda: observation(actions=np.zeros(3, np.float32))), "unknown_field", 1008),
     BadInput("text_frame", sends(lambda: json.dumps({"state": [0.0] * 14})), "text_not_accepted", 1008),
     BadInput("bad_request_id", sends(lambda: observation(id=[1, 2])), "bad_type", 1008),
+    BadInput("future_state_without_rollout", future_state_from_a_model_without_a_rollout, "unsupported", 1008),
     BadInput("frame_over_max_size", frame_over_max_size, "too_large", 1009),
     BadInput("client_that_never_reads", client_that_never_reads, "slow_consumer", 1008),
     BadInput("more_sessions_than_capacity", more_sessions_than_capacity, "at_capacity", 1013),

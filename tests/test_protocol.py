@@ -180,3 +180,68 @@ def test_arbitrary_bytes_either_decode_to_a_map_or_raise_protocol_error(frame):
             SPEC.validate(message)
         except ProtocolError:
             pass
+
+
+# -- images of a declared size, camera maps, renamed keys (--obs-map) ---------------------
+
+IMAGE = protocol.ImageField(4, 5)
+
+
+def test_an_image_sent_channels_first_is_handed_on_channels_last():
+    chw = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
+    hwc = IMAGE.validate("cam", chw)
+    assert hwc.shape == (4, 5, 3) and hwc.flags.c_contiguous
+    assert np.array_equal(hwc, chw.transpose(1, 2, 0))
+
+
+def test_an_image_sent_channels_last_is_handed_on_unchanged():
+    hwc = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+    assert np.array_equal(IMAGE.validate("cam", hwc), hwc)
+
+
+@pytest.mark.parametrize("value,code", [(np.zeros((5, 4, 3), np.uint8), "bad_shape"),
+                                        (np.zeros((4, 5), np.uint8), "bad_shape"),
+                                        (np.zeros((4, 5, 3), np.float32), "bad_dtype"),
+                                        ("pixels", "bad_type")])
+def test_an_image_of_another_size_or_kind_is_refused(value, code):
+    with pytest.raises(ProtocolError) as refused:
+        IMAGE.validate("cam", value)
+    assert refused.value.code == code and refused.value.message.startswith("cam:")
+
+
+def test_a_camera_map_with_names_wants_exactly_those_cameras():
+    cameras = ArrayMapField(IMAGE, max_items=2, required=True, names=("high", "wrist"))
+    image = np.zeros((4, 5, 3), np.uint8)
+    assert sorted(cameras.validate("images", {"high": image, "wrist": image})) == ["high", "wrist"]
+    with pytest.raises(ProtocolError, match="expected exactly high, wrist"):
+        cameras.validate("images", {"high": image, "low": image})
+
+
+RENAMED = SPEC.renamed({"observation/state": "state", "observation/prompt": "prompt", "episode": None})
+
+
+def test_a_renamed_key_is_validated_as_its_field_and_handed_on_under_the_fields_name():
+    out = RENAMED.validate({"observation/state": np.arange(14, dtype=np.float64), "observation/prompt": "go",
+                            "episode": 3})
+    assert sorted(out) == ["prompt", "state"] and out["state"].dtype == np.float32 and out["prompt"] == "go"
+
+
+def test_the_fields_own_key_is_refused_once_it_is_renamed_naming_the_keys_clients_send():
+    with pytest.raises(ProtocolError) as refused:
+        RENAMED.validate({"state": np.arange(14, dtype=np.float32)})
+    assert refused.value.code == "unknown_field"
+    assert "observation/state, images, observation/prompt, episode" in refused.value.message
+
+
+def test_a_renamed_required_field_is_still_required_under_its_new_key():
+    with pytest.raises(ProtocolError, match="missing field 'observation/state'"):
+        RENAMED.validate({"observation/prompt": "go"})
+
+
+@pytest.mark.parametrize("wire_names,complaint", [({"x": "nope"}, "no field 'nope'"),
+                                                  ({"a": "state", "b": "state"}, "two keys"),
+                                                  ({"images": "state"}, "already a key"),
+                                                  ({"id": None}, "already a key")])
+def test_a_rename_that_cannot_hold_is_refused(wire_names, complaint):
+    with pytest.raises(ValueError, match=complaint):
+        SPEC.renamed(wire_names)
