@@ -24,6 +24,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 SUMMARY = "generate the speech corpus: the world's sentences spoken by Debian's synthesizers, with their word timings"
 DEFAULT_OUT = Path("out/speech")
@@ -58,10 +59,20 @@ class PlannedUtterance:
     seed: int
 
 
-def plan_corpus(args: argparse.Namespace):
-    """(sentences, held-out sentence texts, planned utterances, ``redraw``): everything random
-    is drawn from ``args.seed`` before anything is synthesized; ``redraw(planned)`` draws
-    another training voice for an utterance its voice could not time."""
+@dataclass
+class CorpusPlan:
+    """Everything random, drawn from the seed before anything is synthesized."""
+
+    sentences: list  # world_grammar.Sentence
+    heldout: set[str]  # texts of the held-out sentences
+    utterances: list[PlannedUtterance]
+    # another training voice (name, rate, pitch) for an utterance its voice could not time,
+    # drawn from the utterance's seed and the attempt number
+    redraw: Callable[[PlannedUtterance, int], tuple[str, float, float]]
+
+
+def plan_corpus(args: argparse.Namespace) -> CorpusPlan:
+    """The sentences, the split and every utterance's voice, rate, pitch and seed."""
     import numpy as np
 
     from clients.synthesizers import heldout_voice, training_voices
@@ -102,10 +113,9 @@ def plan_corpus(args: argparse.Namespace):
     for sentence in heldout:  # HTS ignores festival's duration stretch: its own rate and pitch
         add("test_heldout_voice", sentence, heldout_voice().name, 1.0, 1.0)
     def redraw(p: PlannedUtterance, attempt: int) -> tuple[str, float, float]:
-        """Another training voice for ``p``, drawn from its own seed and the attempt number."""
         return training_voice(np.random.default_rng([p.seed, attempt]))
 
-    return sentences, {s.text for s in heldout}, plan, redraw
+    return CorpusPlan(sentences, {s.text for s in heldout}, plan, redraw)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -123,7 +133,9 @@ def main(args: argparse.Namespace) -> int:
         return 0
     torch.set_num_threads(1)  # resampling short clips: more threads only spin
     t0 = time.perf_counter()
-    sentences, heldout, plan, redraw = plan_corpus(args)
+    corpus_plan = plan_corpus(args)
+    sentences, heldout, plan, redraw = (corpus_plan.sentences, corpus_plan.heldout, corpus_plan.utterances,
+                                        corpus_plan.redraw)
     out: Path = args.out
     (out / "wav").mkdir(parents=True, exist_ok=True)
     (out / "words.txt").write_text("\n".join(vocabulary()) + "\n")

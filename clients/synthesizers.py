@@ -177,8 +177,9 @@ class Espeak:
         if 0 not in starts:
             raise SynthesisError(f"espeak:{voice} reported no first word for {text!r}")
         for first in sorted(starts):
-            joined = [i for i in range(first + 1, len(words)) if i not in starts]
-            joined = joined[: next((n for n, i in enumerate(joined) if i != first + 1 + n), len(joined))]
+            joined = []  # the words after ``first`` that got no event of their own
+            while first + 1 + len(joined) < len(words) and first + 1 + len(joined) not in starts:
+                joined.append(first + 1 + len(joined))
             if joined:
                 starts.update(self._split_joined(words, first, joined, phonemes, voice))
         timed = []
@@ -257,6 +258,7 @@ class Flite:
         self._voices: dict[str, tuple[int, float]] = {}  # name -> (cst_voice*, its own f0 mean)
 
     def _voice(self, name: str) -> tuple[int, int, float]:
+        """(cst_voice*, its features, its own f0 target mean), registered once."""
         if name not in self._voices:
             try:
                 library = ctypes.CDLL(f"libflite_cmu_us_{name}.so.1")
@@ -265,12 +267,15 @@ class Flite:
             register = getattr(library, f"register_cmu_us_{name}")
             register.restype, register.argtypes = ctypes.c_void_p, [ctypes.c_char_p]
             voice = register(None)
-            features = ctypes.cast(voice + ctypes.sizeof(ctypes.c_void_p), ctypes.POINTER(ctypes.c_void_p))[0]
-            f0 = self.lib.flite_get_param_float(features, b"int_f0_target_mean", 100.0)
+            f0 = self.lib.flite_get_param_float(self._features(voice), b"int_f0_target_mean", 100.0)
             self._voices[name] = (voice, f0)
         voice, f0 = self._voices[name]
-        features = ctypes.cast(voice + ctypes.sizeof(ctypes.c_void_p), ctypes.POINTER(ctypes.c_void_p))[0]
-        return voice, features, f0
+        return voice, self._features(voice), f0
+
+    @staticmethod
+    def _features(voice: int) -> int:
+        """``voice->features``: a ``cst_voice`` starts with its name, then its features."""
+        return ctypes.cast(voice + ctypes.sizeof(ctypes.c_void_p), ctypes.POINTER(ctypes.c_void_p))[0]
 
     def synthesize(self, words: Sequence[str], voice: str, rate: float = 1.0, pitch: float = 1.0,
                    seed: int = 0) -> Rendering:
