@@ -1,0 +1,179 @@
+"""Training and evaluating the DSM recogniser (``models.dsm_asr``) on timed utterances.
+
+A training sequence is a stretch of a live stream: a few utterances one after another with
+random silences between them (so the model learns to wait through pauses and to run past
+its attention window), cut to a fixed number of frames, every word ending at least
+``flush_frames`` before the end so that its tokens fit. The targets are the DSM text and
+activity streams of those words (``models.dsm_streams.align_text_stream``); the text input is
+the target shifted by one frame (teacher forcing).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from models.audio_frames import FRAME_SAMPLES, N_MELS, SAMPLE_RATE, SUBFRAMES, LogMelFrames, tails_of, whole_frames
+from models.dsm_asr import DsmAsr
+from models.dsm_streams import PAD, TimedWord, WordEnded, WordDecoder, WordEvent, align_text_stream, word_error_rate
+
+
+@dataclass
+class Clip:
+    """One utterance: 16 kHz mono audio (float32, or int16 to halve the memory) and its
+    timed words."""
+
+    audio: np.ndarray
+    words: list[TimedWord]
+
+    def samples(self) -> np.ndarray:
+        if self.audio.dtype == np.int16:
+            return self.audio.astype(np.float32) / 32768
+        return self.audio.astype(np.float32)
+
+
+def feature_statistics(clips: Sequence[Clip], limit: int = 500, seed: int = 0) -> tuple[list[float], list[float]]:
+    """Mean and standard deviation of each mel band's log power over (up to ``limit``) clips."""
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(clips), size=min(limit, len(clips)), replace=False)
+    features = LogMelFrames()
+    rows = []
+    for i in chosen:
+        frames = torch.from_numpy(whole_frames(clips[i].samples()))
+        rows.append(features(frames, tails_of(frames)).reshape(-1, SUBFRAMES, N_MELS).reshape(-1, N_MELS))
+    values = torch.cat(rows)
+    return values.mean(0).tolist(), values.std(0).clamp_min(1e-3).tolist()
+
+
+def make_sequence(clips: Sequence[Clip], rng: np.random.Generator, frames: int, reserve_frames: int,
+                  silence_only: float = 0.03) -> tuple[np.ndarray, list[TimedWord]]:
+    """``frames`` frames of a stream: random clips after random silences (0-1.5 s), each
+    clip whole, the last one ending ``reserve_frames`` or more before the end; with
+    probability ``silence_only`` nothing but a quiet noise floor."""
+    total = frames * FRAME_SAMPLES
+    usable = total - reserve_frames * FRAME_SAMPLES
+    audio = np.zeros(total, dtype=np.float32)
+    words: list[TimedWord] = []
+    at = int(rng.uniform(0, 1.0) * SAMPLE_RATE)
+    if rng.random() >= silence_only:
+        for _ in range(64):
+            clip = clips[int(rng.integers(len(clips)))]
+            samples = clip.samples()
+            if at + len(samples) > usable:
+                break
+            audio[at: at + len(samples)] = samples
+            offset = at / SAMPLE_RATE
+            words.extend(TimedWord(w.text, w.start_s + offset, w.end_s + offset) for w in clip.words)
+            at += len(samples) + int(rng.uniform(0.0, 1.5) * SAMPLE_RATE)
+    floor_db = rng.uniform(-90, -55)
+    audio += (10 ** (floor_db / 20) * rng.standard_normal(total)).astype(np.float32)
+    return audio, words
+
+
+@dataclass
+class TrainingBatch:
+    frames: torch.Tensor  # [B, F, 1280]
+    tokens: torch.Tensor  # [B, F] target text tokens
+    activity: torch.Tensor  # [B, F] target activity
+
+
+def make_batch(model: DsmAsr, clips: Sequence[Clip], rng: np.random.Generator, batch_size: int,
+               frames: int) -> TrainingBatch:
+    c = model.config
+    audio, tokens, activity = [], [], []
+    for _ in range(batch_size):
+        samples, words = make_sequence(clips, rng, frames, c.flush_frames)
+        stream = align_text_stream(words, frames, model.tokenizer, c.tau)
+        audio.append(samples.reshape(frames, FRAME_SAMPLES))
+        tokens.append(stream.tokens)
+        activity.append(stream.activity)
+    return TrainingBatch(torch.from_numpy(np.stack(audio)), torch.from_numpy(np.stack(tokens)),
+                         torch.from_numpy(np.stack(activity)))
+
+
+def batch_loss(model: DsmAsr, batch: TrainingBatch, activity_weight: float = 0.5) -> tuple[torch.Tensor, dict]:
+    """Cross-entropy of the text stream plus ``activity_weight`` x the activity's binary
+    cross-entropy, teacher-forced."""
+    with torch.no_grad():
+        features = model.frame_features(batch.frames)
+    previous = torch.cat([torch.full_like(batch.tokens[:, :1], PAD), batch.tokens[:, :-1]], dim=1)
+    logits, activity = model(features, previous)
+    text = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.tokens.reshape(-1))
+    active = F.binary_cross_entropy_with_logits(activity, batch.activity)
+    return text + activity_weight * active, {"text": text.item(), "activity": active.item()}
+
+
+def train_dsm_asr(model: DsmAsr, clips: Sequence[Clip], *, steps: int, batch_size: int = 32, frames: int = 96,
+                  lr: float = 1e-3, warmup: int = 200, seed: int = 0,
+                  on_step: Callable[[int, float, dict], None] | None = None) -> list[float]:
+    """AdamW with a linear warm-up and a cosine decay; returns the loss of every step."""
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "distance_bias" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "distance_bias" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
+                                  lr=lr, betas=(0.9, 0.98))
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    losses = []
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        batch = make_batch(model, clips, rng, batch_size, frames)
+        loss, parts = batch_loss(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        if on_step is not None:
+            on_step(step, losses[-1], parts)
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def transcribe_batched(model: DsmAsr, audios: Sequence[np.ndarray], batch_size: int = 64) -> list[list[WordEnded]]:
+    """The words of each audio, streamed through :meth:`DsmAsr.step` many at a time (each
+    file in its own slot, shorter ones idle once done), then flushed: the same words as
+    :meth:`DsmAsr.offline_decode` of each file."""
+    results: list[list[WordEnded]] = []
+    flush = model.config.flush_frames
+    for first in range(0, len(audios), batch_size):
+        group = [whole_frames(a, flush) for a in audios[first: first + batch_size]]
+        slots = model.new_slots(len(group))
+        decoders = [WordDecoder(model.tokenizer, model.config.tau) for _ in group]
+        events: list[list[WordEvent]] = [[] for _ in group]
+        longest = max(len(g) for g in group)
+        frames = torch.zeros(len(group), FRAME_SAMPLES)
+        for t in range(longest):
+            active = torch.tensor([t < len(g) for g in group])
+            for i, g in enumerate(group):
+                if t < len(g):
+                    frames[i] = torch.from_numpy(g[t])
+            out = model.step(slots, frames, active)
+            for i in active.nonzero().squeeze(1).tolist():
+                events[i].extend(decoders[i].feed(int(out.tokens[i]), float(out.activity[i])))
+        for i, decoder in enumerate(decoders):
+            events[i].extend(decoder.finish())
+            results.append([e for e in events[i] if isinstance(e, WordEnded)])
+    return results
+
+
+def evaluate_wer(model: DsmAsr, clips: Sequence[Clip], batch_size: int = 64) -> dict:
+    """Word error rate of ``clips`` and the number of words and clips it counts."""
+    hypotheses = transcribe_batched(model, [c.samples() for c in clips], batch_size)
+    references = [[w.text for w in c.words] for c in clips]
+    return {"wer": word_error_rate(references, [[w.text for w in h] for h in hypotheses]),
+            "words": sum(len(r) for r in references), "clips": len(clips)}

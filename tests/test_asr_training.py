@@ -1,0 +1,124 @@
+"""Specification of training the DSM recogniser: the training sequences, that training
+trains, and `headway train asr` end to end on a tiny corpus."""
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from clients.synthesizers import Espeak
+from models.audio_augment import resample
+from models.audio_frames import FRAME_SAMPLES, SAMPLE_RATE
+from models.dsm_asr import DsmAsr, DsmAsrConfig, load_dsm_asr
+from models.dsm_asr_training import Clip, batch_loss, make_batch, make_sequence, train_dsm_asr
+from models.dsm_streams import BOUNDARY
+from models.world_grammar import vocabulary
+
+TINY = dict(d_model=32, layers=1, heads=2, ff=64, window=16)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def clips():
+    espeak = Espeak()
+    out = []
+    for text in ("go to the red cube", "stop", "move two steps left please"):
+        r = espeak.synthesize(text.split(), "en-us")
+        out.append(Clip(resample(r.audio, r.sample_rate, SAMPLE_RATE), r.words))
+    return out
+
+
+def test_a_training_sequence_holds_whole_clips_at_their_words_times(clips):
+    rng = np.random.default_rng(0)
+    audio, words = make_sequence(clips, rng, frames=200, reserve_frames=8, silence_only=0.0)
+    assert len(audio) == 200 * FRAME_SAMPLES
+    placed, i = 0, 0
+    while i < len(words):  # split the words back into clips, and find each clip's audio at its time
+        clip = next(c for c in clips if [w.text for w in words[i: i + len(c.words)]] == [w.text for w in c.words])
+        at = int(round((words[i].start_s - clip.words[0].start_s) * SAMPLE_RATE))
+        assert np.allclose(audio[at: at + len(clip.audio)], clip.samples(), atol=1e-3)
+        placed, i = placed + 1, i + len(clip.words)
+    assert placed >= 3
+
+
+def test_no_word_of_a_training_sequence_ends_in_the_frames_kept_for_its_tokens(clips):
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        _, words = make_sequence(clips, rng, frames=60, reserve_frames=8)
+        assert all(w.end_s <= (60 - 8) * 0.08 for w in words)
+
+
+def test_a_silence_only_sequence_has_no_words_and_only_a_quiet_floor(clips):
+    audio, words = make_sequence(clips, np.random.default_rng(2), frames=30, reserve_frames=8, silence_only=1.0)
+    assert words == [] and np.abs(audio).max() < 0.01
+
+
+def test_a_batch_targets_a_boundary_and_a_token_for_every_word(clips):
+    model = DsmAsr(DsmAsrConfig(words=vocabulary(), **TINY))
+    batch = make_batch(model, clips, np.random.default_rng(3), batch_size=4, frames=120)
+    assert batch.frames.shape == (4, 120, FRAME_SAMPLES) and batch.tokens.shape == (4, 120)
+    assert (batch.tokens == BOUNDARY).sum() > 0
+    after = batch.tokens[:, 1:][batch.tokens[:, :-1] == BOUNDARY]
+    assert (after >= 4).all()
+
+
+def test_training_lowers_the_loss_on_the_clips_it_sees(clips):
+    torch.manual_seed(0)
+    model = DsmAsr(DsmAsrConfig(words=vocabulary(), **TINY))
+    fixed = make_batch(model, clips, np.random.default_rng(4), batch_size=8, frames=60)
+    with torch.no_grad():
+        before = batch_loss(model, fixed)[0].item()
+    losses = train_dsm_asr(model, clips, steps=80, batch_size=8, frames=60, lr=3e-3, warmup=10, seed=0)
+    with torch.no_grad():
+        after = batch_loss(model, fixed)[0].item()
+    assert len(losses) == 80 and after < 0.5 * before
+
+
+def test_the_train_command_writes_a_checkpoint_a_loss_curve_and_both_test_splits_wer(tmp_path, capsys):
+    from clients import speech_data, train_asr
+
+    corpus = tmp_path / "speech"
+    parser = argparse.ArgumentParser()
+    speech_data.add_arguments(parser)
+    speech_data.main(parser.parse_args(["--out", str(corpus), "--limit", "4", "--no-progress"]))
+    capsys.readouterr()
+    parser = argparse.ArgumentParser()
+    train_asr.add_arguments(parser)
+    args = ["--corpus", str(corpus), "--steps", "3", "--batch-size", "2", "--frames", "80", "--d-model", "16",
+            "--layers", "1", "--heads", "2", "--ff", "32", "--threads", "1", "--out", str(tmp_path / "ckpt"),
+            "--no-progress"]
+    assert train_asr.main(parser.parse_args(args)) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["train_utterances"] == 4 and set(report["evaluation"]) == {"test_seen_voices", "test_heldout_voice"}
+    assert all(0 <= r["wer"] and r["clips"] == 4 for r in report["evaluation"].values())
+    assert (tmp_path / "ckpt" / "dsm_asr_loss.png").stat().st_size > 0
+    assert load_dsm_asr(tmp_path / "ckpt").config.extra["evaluation"] == report["evaluation"]
+
+
+def test_the_train_command_refuses_a_corpus_whose_training_split_holds_the_held_out_voice(tmp_path):
+    from clients import speech_data, train_asr
+    from models.speech_corpus import CorpusError
+
+    corpus = tmp_path / "speech"
+    parser = argparse.ArgumentParser()
+    speech_data.add_arguments(parser)
+    speech_data.main(parser.parse_args(["--out", str(corpus), "--limit", "2", "--no-progress"]))
+    manifest = corpus / "manifest.jsonl"
+    lines = manifest.read_text().splitlines()
+    record = json.loads(next(line for line in lines if '"split": "train"' in line))
+    leaked = json.dumps({**record, "voice": "festival:cmu_us_slt_arctic_hts"})
+    manifest.write_text("\n".join(leaked if '"split": "train"' in line and record["id"] in line else line
+                                  for line in lines) + "\n")
+    parser = argparse.ArgumentParser()
+    train_asr.add_arguments(parser)
+    with pytest.raises(CorpusError, match="voice"):
+        train_asr.main(parser.parse_args(["--corpus", str(corpus), "--steps", "1", "--out", str(tmp_path / "c")]))
