@@ -289,6 +289,8 @@ def plot_sweep(rows: list[dict], path: Path) -> None:
         ax.set_xlabel("inference delay d [ticks] (in process: s = max(1, d))")
         ax.set_ylabel("solve rate")
         ax.set_ylim(-0.02, 1.02)
+        served_d = [r["d_p50"] or 0.0 for r in rows if (r["task"], r["family"]) == (task, family)]
+        ax.set_xlim(-0.3, max(4.0, *served_d) + 0.3)  # the same d axis on every panel
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
     for ax in list(axes.flat)[len(panels):]:
