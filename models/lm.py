@@ -142,9 +142,8 @@ def slot_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tens
                 mask = packed.causal_mask(position, length, window, query.device)[:, first:]
             else:
                 mask = packed.causal_mask(position, length, window, query.device)
-            if groups > 1:
-                keys, values = keys.repeat_interleave(groups, 0), values.repeat_interleave(groups, 0)
-            o = F.scaled_dot_product_attention(q, keys[None], values[None], attn_mask=mask, scale=scaling)
+            o = F.scaled_dot_product_attention(q, keys[None], values[None], attn_mask=mask, scale=scaling,
+                                               enable_gqa=groups > 1)
         out[span] = o[0].transpose(0, 1)
     return out[None], None
 

@@ -90,7 +90,7 @@ SPECIAL_TOKEN_TEMPLATE = (
 SIZES = {
     # hidden, intermediate, layers, heads, kv heads
     "tiny": (64, 128, 2, 4, 2),
-    "100m": (768, 2048, 12, 12, 4),
+    "100m": (768, 2048, 16, 12, 4),
 }
 
 

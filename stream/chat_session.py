@@ -19,11 +19,15 @@ position it continues from, so rolling back -- a cancelled reply, a re-tokenised
 reply re-tokenised as text -- is only a smaller position in the next request: the executor
 cuts the slot's cache back to it.
 
-Pipelining: up to :data:`PIPELINE_DEPTH` requests of a session are queued at once. A decode
-step does not wait for the previous token to come back to the session: it feeds "the token
-this slot sampled last", so every batch finds every session's next step queued. When a reply
-ends, the step already queued is dropped (:class:`~stream.session_actions.CancelQueued`) and
-the answer of any request given up is ignored.
+While the prompt arrives, a session has one prefill request in flight: the tokens committed
+meanwhile wait and go together in the next slice, so slices grow with the arrival rate
+instead of costing a forward per word (a forward over one token costs nearly what one over
+thirty does: the weights are read either way). After ``prompt_end``, up to
+:data:`PIPELINE_DEPTH` requests are queued at once. A decode step does not wait for the
+previous token to come back to the session: it feeds "the token this slot sampled last", so
+every batch finds every session's next step queued. When a reply ends, the step already
+queued is dropped (:class:`~stream.session_actions.CancelQueued`) and the answer of any
+request given up is ignored.
 
 ``incremental: false`` in the hello makes the session prefill nothing before ``prompt_end``
 and then all of it in one request: the comparison a benchmark needs (a server without
@@ -45,7 +49,7 @@ from stream.errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL, ProtocolError
 from stream.registry import ChatText, LoadedModel
 from stream.session_actions import Action, CancelQueued, Close, Send, Submit
 
-PIPELINE_DEPTH = 2  # requests of one session queued at once
+PIPELINE_DEPTH = 2  # requests of one answering session queued at once
 PREFILL_BUDGET_S = 60.0  # a slice of a prompt still arriving: never urgent, never dropped
 ANSWER_BUDGET_S = 10.0  # slices after prompt_end and decode steps: EDF runs them first
 MAX_DELTA_CHARS = 4096
@@ -364,7 +368,7 @@ class ChatProtocol:
         answering = turn is not None and turn.answering
         if not self.incremental and not answering:
             return actions  # the comparison mode prefills nothing before prompt_end
-        while len(self.inflight) < PIPELINE_DEPTH:
+        while len(self.inflight) < (PIPELINE_DEPTH if answering else 1):
             if self.submitted < len(self.ids) and not (answering and self.submitted >= turn.sample_at):
                 end = len(self.ids)
                 if answering:
