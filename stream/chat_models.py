@@ -11,9 +11,9 @@ batch (``WorkItem.inputs``, built by :class:`stream.chat_session.ChatProtocol`) 
 and its output ``{"position": new cache length, "token": sampled id}`` (``token`` only when
 asked), or ``{"error": why}`` for an item that does not fit its slot (the others still run).
 
-:func:`chat_cost` names a batch's cost for the latency estimate: ``("prefill", tokens)`` for
-prefill slices, ``("decode", rows)`` for decode steps, so the engine never predicts a
-32-token slice from a one-token step.
+:func:`chat_cost` names a batch's cost for the latency estimate: ``("decode", rows)`` for a
+batch of decode steps, ``("prefill", tokens)`` for one with prefill slices, so the engine
+never predicts a 32-token slice from a one-token step.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from stream.batcher import Lane, Request
+from stream.batcher import Request
 from stream.hosts import ExecutorSpec, RunBatch
 from stream.latency import CostKey
 from stream.protocol import ObservationSpec
@@ -108,11 +108,11 @@ class ChatExecutor:
 
 
 def chat_cost(batch: Sequence[Request]) -> CostKey:
-    """``("prefill", tokens)`` for a batch of prefill slices, ``("decode", rows)`` for one of
-    decode steps (a batch holds requests of one lane)."""
-    if batch and batch[0].lane == Lane.PREFILL:
-        return CostKey("prefill", sum(len(r.inputs["tokens"]) for r in batch))
-    return CostKey("decode", len(batch))
+    """``("decode", rows)`` for a batch of decode steps only, else ``("prefill", tokens)``
+    (a decode step beside prefill slices counts as one token)."""
+    if all(not r.inputs["tokens"] for r in batch):
+        return CostKey("decode", len(batch))
+    return CostKey("prefill", sum(max(1, len(r.inputs["tokens"])) for r in batch))
 
 
 def llm_factory(path: str | Path, name: str | None = None) -> ModelFactory:

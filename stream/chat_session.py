@@ -14,7 +14,11 @@ last stable boundary (:class:`models.lm_text.IncrementalTokenizer`; the unstable
 back), its tokens are appended to ``ids`` and prefilled in slices of at most
 ``prefill_slice`` tokens on the engine's ``PREFILL`` lane. At ``prompt_end`` only the
 held-back tail and the assistant header remain; the slice that ends there samples the first
-token, and decode steps (``STEP`` lane, one token each) follow. Every request names the cache
+token, and decode steps follow, one token each. From ``prompt_end`` on, the session's
+requests -- what is left of the prompt, then the decode steps -- go on the ``STEP`` lane:
+the user is waiting for them, as for a decode step, so they do not queue behind other
+sessions' prompts still arriving. (A step batch holds at most one request per session, so
+a decode step still waits for at most one slice of any other session.) Every request names the cache
 position it continues from, so rolling back -- a cancelled reply, a re-tokenised tail, a
 reply re-tokenised as text -- is only a smaller position in the next request: the executor
 cuts the slot's cache back to it.
@@ -377,26 +381,26 @@ class ChatProtocol:
                     end = min(end, self.submitted + self.chat.prefill_slice)
                 tokens = self.ids[self.submitted:end]
                 sample = answering and end == turn.sample_at
-                budget = ANSWER_BUDGET_S if answering else PREFILL_BUDGET_S
-                actions.append(self._submit(self.submitted, tokens, sample, False, budget, now_ns))
+                lane, budget = (Lane.STEP, ANSWER_BUDGET_S) if answering else (Lane.PREFILL, PREFILL_BUDGET_S)
+                actions.append(self._submit(self.submitted, tokens, sample, False, lane, budget, now_ns))
                 self.submitted = end
             elif answering and self.submitted >= turn.sample_at and turn.decode_submitted < self.max_tokens - 1:
                 # Feed the token the slot sampled last, at the position after the tokens before it.
                 position = turn.sample_at + turn.decode_submitted
-                actions.append(self._submit(position, [], True, True, ANSWER_BUDGET_S, now_ns))
+                actions.append(self._submit(position, [], True, True, Lane.STEP, ANSWER_BUDGET_S, now_ns))
                 turn.decode_submitted += 1
             else:
                 break
         return actions
 
-    def _submit(self, position: int, tokens: list[int], sample: bool, decode: bool, budget_s: float,
+    def _submit(self, position: int, tokens: list[int], sample: bool, decode: bool, lane: Lane, budget_s: float,
                 now_ns: int) -> Submit:
         """A prefill slice (``tokens`` at ``position``) or a decode step (feeds the slot's last
         sampled token at ``position``); ``sample``: answer the token that comes next."""
         key = next(self._keys)
         self.inflight[key] = _Step(key, position, 1 if decode else len(tokens), sample, decode)
         inputs = {"position": position, "tokens": tokens, "sample": self.sampling if sample else None}
-        return Submit(key, inputs, budget_s, now_ns, lane=Lane.STEP if decode else Lane.PREFILL)
+        return Submit(key, inputs, budget_s, now_ns, lane=lane)
 
     def _give_up_inflight(self) -> list[Action]:
         """Forget the requests in flight (their answers will be ignored) and drop the queued ones."""
