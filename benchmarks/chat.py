@@ -24,8 +24,15 @@ receiving the first token), ``ratio`` (incremental / full), ``itl_p50_ms`` ``itl
 decode rate of a reply, incremental mode), ``prefill_tokens_per_s`` (prompt tokens / the
 server's time to first token, prefill-at-end mode: the machine's prefill throughput, which
 incremental prefill must exceed to keep up with arrivals), ``prefilled_at_end`` (the mean
-fraction of the prompt already in the cache at ``prompt_end``, incremental mode), and the
-settings.
+fraction of the prompt already in the cache at ``prompt_end``, incremental mode), ``errors``
+(error codes of turns that failed), and the settings.
+
+``--early-answer``: the incremental sessions ask for early answer and send ``prompt_pause``
+after a prompt's last piece; the rows add ``early_answer_paid`` (the fraction of turns whose
+guess held at ``prompt_end``) and ``early_answer_guesses`` (guesses per turn: every sentence
+end of a prompt is one). ``--endpoint-delay-ms``: a wait between the last piece and
+``prompt_end`` (a speech recogniser deciding that the utterance ended); TTFT still counts from
+``prompt_end``.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from clients.chat import ChatClient
+from clients.sdk import ServerError
 from clients.server_process import ServerProcess
 
 SUMMARY = "partial-prompt LLM streaming: TTFT with incremental prefill vs prefill at prompt_end; prints JSON"
@@ -65,6 +73,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefill-slice", type=int, default=32,
                         help="the server's --prefill-slice (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="prompt text seed (default %(default)s)")
+    parser.add_argument("--early-answer", action="store_true",
+                        help="sessions ask for early answer (decode on a guess that the prompt is complete); "
+                             "after its last piece a prompt gets a prompt_pause, as from a speech recogniser")
+    parser.add_argument("--endpoint-delay-ms", type=float, default=0.0,
+                        help="time from a prompt's last piece to its prompt_end (a speech recogniser's "
+                             "end-of-utterance delay; default %(default)s: typed text, ended at once)")
 
 
 @dataclass
@@ -77,6 +91,8 @@ class Turn:
     prompt_tokens: int
     prefilled_before_end: int
     finish_reason: str
+    early_answer: dict | None = None
+    error: str | None = None
 
 
 @dataclass
@@ -87,7 +103,8 @@ class Prompt:
 
 
 def make_prompt(tokenizer, tokens: int, arrival_tps: float, seed: int) -> Prompt:
-    """About ``tokens`` tokens of text, cut into words, each due once its tokens have arrived."""
+    """About ``tokens`` tokens of text ending a sentence, cut into words, each due once its
+    tokens have arrived."""
     from models.lm_build import sample_text
 
     words = sample_text(tokens * 2, seed=seed).split(" ")
@@ -95,34 +112,54 @@ def make_prompt(tokenizer, tokens: int, arrival_tps: float, seed: int) -> Prompt
     for i, word in enumerate(words):
         piece = word if i == 0 else " " + word
         n = len(tokenizer(piece, add_special_tokens=False)["input_ids"])
-        if count + n > tokens:
+        if count + n + 1 > tokens:
             break
         count += n
         text += piece
         pieces.append((count / arrival_tps, piece))
+    if not text.endswith((".", "?")):  # the prompt is a complete question or command
+        offset, last = pieces[-1]
+        pieces[-1] = (offset, last.rstrip(",") + ".")
+        text = text.rstrip(",") + "."
+    count = len(tokenizer(text, add_special_tokens=False)["input_ids"])
     return Prompt(text, count, pieces)
 
 
 async def one_turn(url: str, prompt: Prompt, start: float, args: argparse.Namespace, incremental: bool) -> Turn:
-    async with ChatClient(url, max_tokens=args.reply_tokens, incremental=incremental, timeout_s=600) as chat:
+    try:
+        return await _one_turn(url, prompt, start, args, incremental)
+    except ServerError as exc:
+        return Turn(float("nan"), [], 0, 0.0, None, prompt.tokens, 0, "error", error=exc.code)
+
+
+async def _one_turn(url: str, prompt: Prompt, start: float, args: argparse.Namespace, incremental: bool) -> Turn:
+    early = args.early_answer and incremental
+    async with ChatClient(url, max_tokens=args.reply_tokens, incremental=incremental, early_answer=early,
+                          timeout_s=600) as chat:
         if incremental:
             for offset, piece in prompt.pieces:
                 delay = start + offset - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 await chat.say(piece)
-        else:  # the whole prompt at the moment the incremental twin ends it
+        else:  # the whole prompt, at the moment the incremental twin ends it
             delay = start + prompt.pieces[-1][0] - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            await chat.say(prompt.text)
+            for _, piece in prompt.pieces:
+                await chat.say(piece)
+        if early:
+            await chat.pause()
+        if args.endpoint_delay_ms > 0:
+            await asyncio.sleep(args.endpoint_delay_ms / 1000.0)
         sent = time.monotonic()
         await chat.end_prompt()
         done = await chat.reply()
     times = [t["t"] for t in chat.tokens]
     first = times[0] if times else time.monotonic()
     return Turn(first - sent, list(np.diff(times)), len(times), times[-1] - first if times else 0.0,
-                done.get("ttft_ms"), done["prompt_tokens"], done["prefilled_before_end"], done["finish_reason"])
+                done.get("ttft_ms"), done["prompt_tokens"], done["prefilled_before_end"], done["finish_reason"],
+                done.get("early_answer"))
 
 
 async def one_row(url: str, prompts: list[Prompt], args: argparse.Namespace, incremental: bool) -> list[Turn]:
@@ -137,6 +174,10 @@ def summarize(tokens: int, sessions: int, incremental: list[Turn], full: list[Tu
     def ms(values, q=50):
         return round(float(np.percentile(values, q)) * 1e3, 2) if len(values) else None
 
+    errors = [t.error for t in incremental + full if t.error]
+    incremental = [t for t in incremental if not t.error]
+    full = [t for t in full if not t.error]
+
     ttft_inc = ms([t.ttft_s for t in incremental])
     ttft_full = ms([t.ttft_s for t in full])
     gaps = [g for t in incremental for g in t.gaps_s]
@@ -149,10 +190,16 @@ def summarize(tokens: int, sessions: int, incremental: list[Turn], full: list[Tu
         "itl_p50_ms": ms(gaps), "itl_p99_ms": ms(gaps, 99),
         "tokens_per_s": round(float(np.median(rates)), 2) if rates else None,
         "prefill_tokens_per_s": round(float(np.median(prefill_rates)), 1) if prefill_rates else None,
-        "prefilled_at_end": round(float(np.mean([t.prefilled_before_end / t.prompt_tokens for t in incremental])), 3),
-        "reply_tokens_mean": round(float(np.mean([t.tokens for t in incremental])), 1),
+        "prefilled_at_end": round(float(np.mean([t.prefilled_before_end / t.prompt_tokens for t in incremental])), 3)
+        if incremental else None,
+        "reply_tokens_mean": round(float(np.mean([t.tokens for t in incremental])), 1) if incremental else None,
         "finish_reasons": sorted({t.finish_reason for t in incremental + full}),
+        "errors": errors,
         "arrival_tps": args.arrival_tps, "prefill_slice": args.prefill_slice,
+        "endpoint_delay_ms": args.endpoint_delay_ms,
+        **({"early_answer_paid": round(float(np.mean([t.early_answer["paid"] for t in incremental])), 3),
+            "early_answer_guesses": round(float(np.mean([t.early_answer["guesses"] for t in incremental])), 2)}
+           if args.early_answer and incremental else {}),
     }
 
 

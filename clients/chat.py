@@ -34,7 +34,7 @@ class ChatClient:
     def __init__(self, url: str = "ws://127.0.0.1:8000/v1/chat", *, token: str | None = None,
                  context: str | None = None, history: list[dict[str, str]] | None = None,
                  sampling: dict[str, Any] | None = None, max_tokens: int | None = None,
-                 incremental: bool = True, timeout_s: float = 60.0):
+                 incremental: bool = True, early_answer: bool = False, timeout_s: float = 60.0):
         self.url = url
         self.token = token
         self.hello: dict[str, Any] = {"type": "hello"}
@@ -44,6 +44,8 @@ class ChatClient:
                 self.hello[name] = value
         if not incremental:
             self.hello["incremental"] = False
+        if early_answer:
+            self.hello["early_answer"] = True
         self.timeout_s = timeout_s
         self.ready: dict[str, Any] | None = None
         self.tokens: list[dict[str, Any]] = []  # the last reply's token messages, each with "t" (monotonic s)
@@ -77,6 +79,11 @@ class ChatClient:
     async def say(self, text: str) -> None:
         """A piece of prompt (``prompt_delta``)."""
         await self._ws.send(wire.packb({"type": "prompt_delta", "text": text}))
+
+    async def pause(self) -> None:
+        """``prompt_pause``: the user paused (a speech recogniser's cue); with early answer on,
+        the server starts decoding on the guess that the prompt is complete."""
+        await self._ws.send(wire.packb({"type": "prompt_pause"}))
 
     async def end(self) -> dict[str, Any]:
         """``prompt_end``; returns the reply's ``done`` (its tokens are in ``self.tokens``)."""

@@ -94,6 +94,11 @@ class IncrementalTokenizer:
         self.ids.extend(ids)
         return ids
 
+    def peek(self) -> list[int]:
+        """The ids :meth:`finish` would hand out now, without finishing (a guess that the
+        segment is complete)."""
+        return encode_content(self.tokenizer, self.held)
+
     def finish(self) -> list[int]:
         self.finished = True
         ids = encode_content(self.tokenizer, self.held)

@@ -5,7 +5,7 @@ session (:class:`models.lm.CausalLM`), and one packed forward per batch. Each it
 batch (``WorkItem.inputs``, built by :class:`stream.chat_session.ChatProtocol`) is::
 
     {"position": int,        # the slot's cache is cut back to this length first
-     "tokens": [int, ...],   # appended (a prefill slice); [] = feed the token sampled last (a decode step)
+     "tokens": [int, ...],   # appended (a prefill slice, or a decode step's token); [] = the token sampled last
      "sample": None | {"temperature", "top_k", "top_p", "seed"}}   # sample the next token
 
 and its output ``{"position": new cache length, "token": sampled id}`` (``token`` only when
@@ -14,6 +14,10 @@ asked), or ``{"error": why}`` for an item that does not fit its slot (the others
 :func:`chat_cost` names a batch's cost for the latency estimate: ``("decode", rows)`` for a
 batch of decode steps, ``("prefill", tokens)`` for one with prefill slices, so the engine
 never predicts a 32-token slice from a one-token step.
+
+A decode step's ``tokens`` is ``[the token]`` when the session knows it, ``[]`` when the step
+was queued before the previous one answered (then the slot's last sampled token is fed, and
+it must have been sampled for this position).
 """
 
 from __future__ import annotations
@@ -108,11 +112,12 @@ class ChatExecutor:
 
 
 def chat_cost(batch: Sequence[Request]) -> CostKey:
-    """``("decode", rows)`` for a batch of decode steps only, else ``("prefill", tokens)``
-    (a decode step beside prefill slices counts as one token)."""
-    if all(not r.inputs["tokens"] for r in batch):
+    """``("decode", rows)`` when every item appends one token (a decode step, or a one-token
+    slice: the same work), else ``("prefill", tokens)``."""
+    tokens = [max(1, len(r.inputs["tokens"])) for r in batch]
+    if all(n == 1 for n in tokens):
         return CostKey("decode", len(batch))
-    return CostKey("prefill", sum(max(1, len(r.inputs["tokens"])) for r in batch))
+    return CostKey("prefill", sum(tokens))
 
 
 def llm_factory(path: str | Path, name: str | None = None) -> ModelFactory:

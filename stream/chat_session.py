@@ -33,6 +33,22 @@ every batch finds every session's next step queued. When a reply ends, the step 
 queued is dropped (:class:`~stream.session_actions.CancelQueued`) and the answer of any
 request given up is ignored.
 
+A decode step carries its input token when the session knows it, and "the token this slot
+sampled last" only when it is queued before that token came back; so work given up and
+submitted again never depends on what the slot sampled for a request whose answer was
+ignored.
+
+**Early answer** (hello ``early_answer: true``; off by default). When the prompt looks
+complete -- its text ends a sentence (``.``, ``?``, ``!``), or the client sends
+``prompt_pause`` (its speech recogniser heard a pause) -- the session guesses that it has
+ended: it prefills the held-back tail and the assistant header and decodes the reply on the
+``PREFILL`` lane (work for a prompt still arriving: below everyone's decode steps), sending
+nothing. If ``prompt_end`` comes with no new text, the guess paid: the tokens decoded so far
+go out at once and decoding goes on on the ``STEP`` lane. A ``prompt_delta`` instead means
+the prompt went on: the guessed tail and its tokens are rolled back (a smaller position) and
+the prompt is prefilled as usual. ``done`` says how many guesses the turn made and whether
+the last one paid.
+
 ``incremental: false`` in the hello makes the session prefill nothing before ``prompt_end``
 and then all of it in one request: the comparison a benchmark needs (a server without
 incremental prefill), not a mode to serve with.
@@ -54,8 +70,9 @@ from stream.registry import ChatText, LoadedModel
 from stream.session_actions import Action, CancelQueued, Close, Send, Submit
 
 PIPELINE_DEPTH = 2  # requests of one answering session queued at once
-PREFILL_BUDGET_S = 60.0  # a slice of a prompt still arriving: never urgent, never dropped
-ANSWER_BUDGET_S = 10.0  # slices after prompt_end and decode steps: EDF runs them first
+# Chat requests are ordered by their lanes and, within a lane, by arrival; their deadline is
+# far enough never to drop one (a reply that stalls is worse than a late token).
+BUDGET_S = 600.0
 MAX_DELTA_CHARS = 4096
 MAX_CONTEXT_CHARS = 65536
 MAX_HISTORY_TURNS = 256
@@ -75,8 +92,20 @@ class _Turn:
     last_ns: int = 0
     generated: list[int] = field(default_factory=list)  # sampled, in order (no end-of-sequence token)
     reply: ReplyText | None = None
-    decode_submitted: int = 0  # decode steps asked for
+    decode_submitted: int = 0  # decode steps asked for: step k feeds generated[k] at sample_at + k
     arrival_ns: int = 0
+    # Early answer: decoding before prompt_end on a guess that the prompt is complete.
+    speculative: bool = False
+    guess_base: int = 0  # len(ids) before the guessed tail: where a wrong guess rolls back to
+    held: list[dict] = field(default_factory=list)  # token messages decoded on the guess, not sent yet
+    guess_finished: str | None = None  # the guessed reply ended before prompt_end: its finish_reason
+    guesses: int = 0
+    paid: bool = False
+
+    @property
+    def working(self) -> bool:
+        """The model is producing this turn's reply (answering, or on a guess)."""
+        return self.answering or self.speculative
 
 
 @dataclass
@@ -96,7 +125,9 @@ class ChatProtocol:
     stepped = True
     hello_timeout_s: float | None = 10.0
 
-    def __init__(self, model: LoadedModel, *, budget_s: float = ANSWER_BUDGET_S, max_pending: int = 8):
+    def __init__(self, model: LoadedModel, *, budget_s: float = BUDGET_S, max_pending: int = 8):
+        """``budget_s`` and ``max_pending`` are the server's settings for request/reply
+        endpoints; a chat session takes them and keeps its own (:data:`BUDGET_S`)."""
         if model.chat is None:
             raise ValueError(f"model {model.name!r} is not a chat model")
         self.model = model
@@ -108,6 +139,7 @@ class ChatProtocol:
         self.ready = False
         self.text_frames = False
         self.incremental = True
+        self.early_answer = False
         self.sampling: dict[str, Any] = {}
         self.max_tokens = self.chat.max_tokens
         self.ids: list[int] = []
@@ -178,8 +210,11 @@ class ChatProtocol:
             if kind == "cancel":
                 _fields(message, set())
                 return self._cancel(now_ns)
+            if kind == "prompt_pause":
+                _fields(message, set())
+                return self._guess(now_ns)
             raise ProtocolError("unknown_type", f"unknown message type {kind!r}; this endpoint takes "
-                                                "'prompt_delta', 'prompt_end' and 'cancel'")
+                                                "'prompt_delta', 'prompt_end', 'prompt_pause' and 'cancel'")
         except ProtocolError as exc:
             return self._fail(exc)
 
@@ -194,14 +229,14 @@ class ChatProtocol:
             return self._fail(ProtocolError("internal", "the model refused a step of this session"))
         self.cached = step.position + step.count
         actions: list[Action] = []
-        if step.sample and self.turn is not None and self.turn.answering:
+        if step.sample and self.turn is not None and self.turn.working:
             actions += self._token(int(output["token"]), now_ns)
         return actions + self._schedule(now_ns)
 
     # -- the conversation ------------------------------------------------------------------
 
     def _hello(self, message: dict, now_ns: int) -> list[Action]:
-        _fields(message, {"model", "context", "history", "sampling", "max_tokens", "incremental"})
+        _fields(message, {"model", "context", "history", "sampling", "max_tokens", "incremental", "early_answer"})
         name = message.get("model")
         if name is not None and name != self.model.name:
             raise ProtocolError("bad_type", f"model: this session serves {self.model.name!r}; "
@@ -219,13 +254,17 @@ class ChatProtocol:
         if not isinstance(incremental, bool):
             raise ProtocolError("bad_type", "incremental: true or false")
         self.incremental = incremental
+        early = message.get("early_answer", False)
+        if not isinstance(early, bool):
+            raise ProtocolError("bad_type", "early_answer: true or false")
+        self.early_answer = early and incremental
         self._append(self.format.encode(self.tokenizer, self.format.conversation(context, self.history)))
         self.ready = True
         ready = {"type": "ready",
                  "model": {"name": self.model.name, "max_context": self.chat.max_context,
                            "format": self.format.name},
                  "sampling": self.sampling, "max_tokens": self.max_tokens, "incremental": self.incremental,
-                 "prefill_slice_tokens": self.chat.prefill_slice}
+                 "early_answer": self.early_answer, "prefill_slice_tokens": self.chat.prefill_slice}
         return [self._send(ready)] + self._schedule(now_ns)
 
     def _begin_turn(self) -> None:
@@ -238,10 +277,43 @@ class ChatProtocol:
         actions: list[Action] = []
         if self.turn is not None and self.turn.answering:  # barge-in: the user speaks over the reply
             actions += self._finish_reply("cancelled", now_ns)
+        if self.turn is not None and self.turn.speculative:  # the prompt went on: the guess was wrong
+            actions += self._drop_guess()
         if self.turn is None:
             self._begin_turn()
         self._append(self.turn.text.push(text))
-        return actions + self._schedule(now_ns)
+        actions += self._schedule(now_ns)
+        if self.early_answer and text and _ends_sentence(self.turn.text.text):
+            actions += self._guess(now_ns)
+        return actions
+
+    def _guess(self, now_ns: int) -> list[Action]:
+        """Early answer: take the prompt as complete and decode, sending nothing yet."""
+        turn = self.turn
+        if not self.early_answer or turn is None or turn.working:
+            return []
+        tail = turn.text.peek() + encode_template(self.tokenizer, self.format.user_suffix)
+        if len(self.ids) + len(tail) + self.max_tokens > self.chat.max_context:
+            return []  # no room to guess; prompt_end will say context_full if it comes to that
+        turn.guess_base = len(self.ids)
+        self.ids.extend(tail)
+        turn.speculative = True
+        turn.guesses += 1
+        turn.sample_at = len(self.ids)
+        turn.reply = ReplyText(self.tokenizer, self.format.stop)
+        return self._schedule(now_ns)
+
+    def _drop_guess(self) -> list[Action]:
+        """The prompt went on: roll the guessed tail and its tokens back."""
+        turn = self.turn
+        actions = self._give_up_inflight()
+        del self.ids[turn.guess_base:]
+        self.cached = min(self.cached, turn.guess_base)
+        self.submitted = self.cached
+        turn.speculative = False
+        turn.sample_at, turn.decode_submitted, turn.first_ns = 0, 0, None
+        turn.generated, turn.held, turn.reply, turn.guess_finished = [], [], None, None
+        return actions
 
     def _prompt_end(self, now_ns: int) -> list[Action]:
         if self.turn is not None and self.turn.answering:
@@ -250,14 +322,20 @@ class ChatProtocol:
         if self.turn is None:
             self._begin_turn()
         turn = self.turn
-        self._append(turn.text.finish())
+        tail = turn.text.finish()
+        actions: list[Action] = []
+        if turn.speculative:
+            if turn.text.verify()[1] == len(turn.text.ids):  # the guessed tokens are the prompt's
+                return self._guess_paid(now_ns)
+            actions += self._drop_guess()  # answered afresh below (and repaired by the check there)
+        self._append(tail)
         self._append(encode_template(self.tokenizer, self.format.user_suffix))
         turn.answering = True
         turn.sample_at = len(self.ids)
         turn.cached_at_end = self.cached
         turn.end_ns = turn.arrival_ns = now_ns
         turn.reply = ReplyText(self.tokenizer, self.format.stop)
-        actions = self._schedule(now_ns)
+        actions += self._schedule(now_ns)
         # Off the critical path (the first slice is on its way): were the committed tokens the
         # segment's tokens? If not, roll back to where they part and prefill the rest again.
         whole, agree = turn.text.verify()
@@ -273,6 +351,22 @@ class ChatProtocol:
             actions += self._schedule(now_ns)
         return actions
 
+    def _guess_paid(self, now_ns: int) -> list[Action]:
+        """``prompt_end`` with no text since the guess: what was decoded goes out now, and the
+        rest of the reply is decoded on the step lane."""
+        turn = self.turn
+        turn.speculative, turn.answering, turn.paid = False, True, True
+        turn.cached_at_end = min(self.cached, turn.sample_at)
+        turn.end_ns = turn.arrival_ns = now_ns
+        actions = self._give_up_inflight()  # queued on the prefill lane: submitted again on the step lane
+        if turn.held:
+            turn.first_ns = turn.last_ns = now_ns
+            actions += [self._send(message) for message in turn.held]
+            turn.held = []
+        if turn.guess_finished is not None:
+            return actions + self._finish_reply(turn.guess_finished, now_ns)
+        return actions + self._schedule(now_ns)
+
     def _cancel(self, now_ns: int) -> list[Action]:
         turn = self.turn
         if turn is None:
@@ -280,7 +374,8 @@ class ChatProtocol:
         if turn.answering:
             return self._finish_reply("cancelled", now_ns)
         # The user gave up a prompt still arriving: it leaves no trace in the conversation.
-        actions = self._give_up_inflight()
+        actions = self._drop_guess() if turn.speculative else []
+        actions += self._give_up_inflight()
         del self.ids[turn.start:]
         self.cached = min(self.cached, turn.start)
         self.submitted = self.cached
@@ -292,23 +387,34 @@ class ChatProtocol:
     def _token(self, token: int, now_ns: int) -> list[Action]:
         turn = self.turn
         assert turn is not None and turn.reply is not None
-        actions: list[Action] = []
+        finished: str | None = None
+        message: dict | None = None
+        if token in self.format.stop_ids:
+            finished = "stop"
+        else:
+            turn.generated.append(token)
+            self.ids.append(token)
+            shown_before = len(self._shown(turn.reply.sent))
+            turn.reply.push(token)
+            message = {"type": "token", "turn": turn.index, "index": len(turn.generated) - 1, "id": token,
+                       "text": self._shown(turn.reply.sent)[shown_before:]}
+            if turn.reply.stopped:
+                finished = "stop"
+            elif len(turn.generated) >= self.max_tokens:
+                finished = "length"
+        if turn.speculative:  # held until prompt_end says whether the guess was right
+            if message is not None:
+                turn.held.append(message)
+            if finished is not None:
+                turn.guess_finished = finished
+                return self._give_up_inflight()
+            return []
         if turn.first_ns is None:
             turn.first_ns = now_ns
         turn.last_ns = now_ns
-        if token in self.format.stop_ids:
-            return self._finish_reply("stop", now_ns)
-        turn.generated.append(token)
-        self.ids.append(token)
-        shown_before = len(self._shown(turn.reply.sent))
-        turn.reply.push(token)
-        text = self._shown(turn.reply.sent)[shown_before:]
-        actions.append(self._send({"type": "token", "turn": turn.index, "index": len(turn.generated) - 1,
-                                   "id": token, "text": text}))
-        if turn.reply.stopped:
-            return actions + self._finish_reply("stop", now_ns)
-        if len(turn.generated) >= self.max_tokens:
-            return actions + self._finish_reply("length", now_ns)
+        actions: list[Action] = [self._send(message)] if message is not None else []
+        if finished is not None:
+            return actions + self._finish_reply(finished, now_ns)
         return actions
 
     def _finish_reply(self, reason: str, now_ns: int) -> list[Action]:
@@ -339,6 +445,8 @@ class ChatProtocol:
             if first is not None and n > 1 and turn.last_ns > first else None,
             "prompt_tokens": turn.sample_at, "prefilled_before_end": turn.cached_at_end,
         }
+        if self.early_answer:
+            done["early_answer"] = {"guesses": turn.guesses, "paid": turn.paid}
         output = parse_structured(shown)
         if output is not None:
             done["output"] = output
@@ -369,45 +477,53 @@ class ChatProtocol:
         if self.closing or self.stalled or not self.ready:
             return actions
         turn = self.turn
-        answering = turn is not None and turn.answering
-        if not self.incremental and not answering:
+        working = turn is not None and turn.working
+        if not self.incremental and not working:
             return actions  # the comparison mode prefills nothing before prompt_end
-        while len(self.inflight) < (PIPELINE_DEPTH if answering else 1):
-            if self.submitted < len(self.ids) and not (answering and self.submitted >= turn.sample_at):
+        # The user waits for a turn being answered; a guess and a prompt still arriving do not.
+        lane = Lane.STEP if turn is not None and turn.answering else Lane.PREFILL
+        while len(self.inflight) < (PIPELINE_DEPTH if working else 1):
+            if self.submitted < len(self.ids) and not (working and self.submitted >= turn.sample_at):
                 end = len(self.ids)
-                if answering:
+                if working:
                     end = min(end, turn.sample_at)
                 if self.incremental:
                     end = min(end, self.submitted + self.chat.prefill_slice)
                 tokens = self.ids[self.submitted:end]
-                sample = answering and end == turn.sample_at
-                lane, budget = (Lane.STEP, ANSWER_BUDGET_S) if answering else (Lane.PREFILL, PREFILL_BUDGET_S)
-                actions.append(self._submit(self.submitted, tokens, sample, False, lane, budget, now_ns))
+                sample = working and end == turn.sample_at
+                actions.append(self._submit(self.submitted, tokens, sample, False, lane, now_ns))
                 self.submitted = end
-            elif answering and self.submitted >= turn.sample_at and turn.decode_submitted < self.max_tokens - 1:
-                # Feed the token the slot sampled last, at the position after the tokens before it.
-                position = turn.sample_at + turn.decode_submitted
-                actions.append(self._submit(position, [], True, True, Lane.STEP, ANSWER_BUDGET_S, now_ns))
+            elif (working and self.submitted >= turn.sample_at and turn.guess_finished is None
+                  and turn.decode_submitted < self.max_tokens - 1):
+                # Step k feeds generated[k] at sample_at + k: given when known, else "the token the
+                # slot sampled last" (the answer to the request queued just before this one).
+                k = turn.decode_submitted
+                tokens = turn.generated[k:k + 1]
+                actions.append(self._submit(turn.sample_at + k, tokens, True, True, lane, now_ns))
                 turn.decode_submitted += 1
             else:
                 break
         return actions
 
-    def _submit(self, position: int, tokens: list[int], sample: bool, decode: bool, lane: Lane, budget_s: float,
+    def _submit(self, position: int, tokens: list[int], sample: bool, decode: bool, lane: Lane,
                 now_ns: int) -> Submit:
         """A prefill slice (``tokens`` at ``position``) or a decode step (feeds the slot's last
         sampled token at ``position``); ``sample``: answer the token that comes next."""
         key = next(self._keys)
         self.inflight[key] = _Step(key, position, 1 if decode else len(tokens), sample, decode)
         inputs = {"position": position, "tokens": tokens, "sample": self.sampling if sample else None}
-        return Submit(key, inputs, budget_s, now_ns, lane=lane)
+        return Submit(key, inputs, BUDGET_S, now_ns, lane=lane)
 
     def _give_up_inflight(self) -> list[Action]:
-        """Forget the requests in flight (their answers will be ignored) and drop the queued ones."""
+        """Forget the requests in flight (their answers will be ignored) and drop the queued ones;
+        what to submit again starts from what the cache is known to hold."""
         if not self.inflight:
             return []
         self.inflight.clear()
-        self.submitted = self.cached
+        self.submitted = min(self.submitted, self.cached)
+        turn = self.turn
+        if turn is not None and turn.working:
+            turn.decode_submitted = max(0, min(turn.decode_submitted, self.cached - turn.sample_at))
         return [CancelQueued()]
 
     def _engine_error(self, error: ProtocolError, now_ns: int) -> list[Action]:
@@ -432,6 +548,11 @@ class ChatProtocol:
     def _send(self, message: dict, code: str | None = None, arrival_ns: int | None = None) -> Send:
         frame = protocol.encode_text(message) if self.text_frames else protocol.encode_binary(message)
         return Send(frame, code, arrival_ns)
+
+
+def _ends_sentence(text: str) -> bool:
+    """The text looks like a complete prompt: it ends a sentence."""
+    return text.rstrip().endswith((".", "?", "!"))
 
 
 def _fields(message: dict, allowed: set[str]) -> None:

@@ -169,15 +169,16 @@ def test_slices_of_a_prompt_still_arriving_go_on_the_prefill_lane_the_rest_on_th
     assert before_end > 0
     for batch in engine.batches[:before_end]:
         [inputs] = batch.inputs
-        assert batch.lane == Lane.PREFILL and 1 <= len(inputs["tokens"]) <= 8 and batch.cost.kind == "prefill"
+        assert batch.lane == Lane.PREFILL and 1 <= len(inputs["tokens"]) <= 8
+        assert batch.cost.kind == ("prefill" if len(inputs["tokens"]) > 1 else "decode")
         assert inputs["sample"] is None
     after = engine.batches[before_end:]
     background = [i for i, b in enumerate(after) if b.lane == Lane.PREFILL]  # the reply kept, after done
     after = after[:background[0]] if background else after
-    tail = [b for b in after if b.cost.kind == "prefill"]
-    assert tail == after[:len(tail)] and all(1 <= len(b.inputs[0]["tokens"]) <= 8 for b in tail)
-    assert [b.inputs[0]["sample"] is not None for b in tail] == [False] * (len(tail) - 1) + [True]
-    assert all(b.inputs[0]["tokens"] == [] for b in after[len(tail):])  # decode steps
+    first_decode = next(i for i, b in enumerate(after) if b.inputs[0]["sample"] is not None) + 1
+    tail, steps = after[:first_decode], after[first_decode:]
+    assert all(1 <= len(b.inputs[0]["tokens"]) <= 8 for b in tail)  # the rest of the prompt, in slices
+    assert all(len(b.inputs[0]["tokens"]) <= 1 and b.cost.kind == "decode" for b in steps)
 
 
 def test_a_decode_step_waits_for_at_most_one_prefill_batch_holding_one_slice_of_each_other_session(executor):
@@ -340,3 +341,94 @@ def test_drain_lets_the_reply_finish_then_closes_with_1001(executor):
     assert session.closed is None
     engine.run()
     assert session.of_type("done") and session.closed[0] == 1001
+
+
+# -- early answer ----------------------------------------------------------------------------
+
+
+def answer(engine: LockstepEngine, prompt: str, *, early: bool, pause: bool = False):
+    session = engine.connect()
+    engine.send(session, {"type": "hello", "context": CONTEXT, "early_answer": early})
+    stream_prompt(engine, session, prompt, piece=7)
+    if pause:
+        engine.send(session, {"type": "prompt_pause"})
+    engine.run()
+    return session
+
+
+def test_early_answer_is_off_by_default(executor):
+    engine = engine_for(executor, max_tokens=6)
+    session = answer(engine, "Go to the red cube.", early=False)
+    assert all(b.lane == Lane.PREFILL and b.inputs[0]["sample"] is None for b in engine.batches)
+    engine.send(session, {"type": "prompt_end"})
+    engine.run()
+    assert "early_answer" not in session.of_type("done")[0]
+
+
+def test_a_guess_decodes_on_the_prefill_lane_and_sends_nothing_before_prompt_end(executor):
+    engine = engine_for(executor, max_tokens=6)
+    session = answer(engine, "Go to the red cube.", early=True)
+    sampled = [b for b in engine.batches if b.inputs[0]["sample"] is not None]
+    assert len(sampled) >= 2 and all(b.lane == Lane.PREFILL for b in engine.batches)
+    assert session.of_type("token") == []
+
+
+def test_a_guess_that_holds_sends_its_tokens_at_prompt_end_as_the_reply_without_guessing(executor):
+    plain_engine = engine_for(executor, max_tokens=6)
+    plain = answer(plain_engine, "Go to the red cube.", early=False)
+    plain_engine.send(plain, {"type": "prompt_end"})
+    plain_engine.run()
+    engine = engine_for(executor, max_tokens=6)
+    session = answer(engine, "Go to the red cube.", early=True)
+    batches = len(engine.batches)
+    engine.send(session, {"type": "prompt_end"})
+    assert session.of_type("token") and len(engine.batches) == batches  # sent before any batch ran
+    engine.run()
+    [done] = session.of_type("done")
+    assert done["early_answer"] == {"guesses": 1, "paid": True} and done["ttft_ms"] == 0
+    assert reply_ids(session) == reply_ids(plain)
+    assert session.protocol.ids == plain.protocol.ids
+
+
+def test_a_wrong_guess_is_rolled_back_and_the_reply_is_the_one_without_guessing(executor):
+    prompt = "Go left. Then stop there, please"
+    plain_engine = engine_for(executor, max_tokens=6)
+    plain = answer(plain_engine, prompt, early=False)
+    plain_engine.send(plain, {"type": "prompt_end"})
+    plain_engine.run()
+    engine = engine_for(executor, max_tokens=6)
+    session = engine.connect()
+    engine.send(session, {"type": "hello", "context": CONTEXT, "early_answer": True})
+    engine.send(session, {"type": "prompt_delta", "text": "Go left."})
+    engine.run()  # the guess decodes its whole reply
+    engine.send(session, {"type": "prompt_delta", "text": " Then stop there, please"})
+    engine.run()
+    engine.send(session, {"type": "prompt_end"})
+    engine.run()
+    [done] = session.of_type("done")
+    assert done["early_answer"] == {"guesses": 1, "paid": False}
+    assert reply_ids(session) == reply_ids(plain) and session.protocol.ids == plain.protocol.ids
+
+
+def test_a_pause_of_the_speech_recogniser_starts_a_guess(executor):
+    engine = engine_for(executor, max_tokens=4)
+    session = answer(engine, "go to the blue ball", early=True, pause=True)
+    assert any(b.inputs[0]["sample"] is not None for b in engine.batches)
+    engine.send(session, {"type": "prompt_end"})
+    engine.run()
+    assert session.of_type("done")[0]["early_answer"] == {"guesses": 1, "paid": True}
+
+
+def test_prompt_end_during_a_guess_moves_its_decoding_to_the_step_lane(executor):
+    engine = engine_for(executor, max_tokens=12)
+    session = engine.connect()
+    engine.send(session, {"type": "hello", "early_answer": True})
+    stream_prompt(engine, session, "Go to the red cube.", run_between=False)
+    while not any(b.inputs[0]["sample"] is not None for b in engine.batches):
+        engine.step()  # until the guess is under way
+    at_end = len(engine.batches)
+    engine.send(session, {"type": "prompt_end"})
+    engine.run()
+    answering = [b for b in engine.batches[at_end:] if b.inputs[0]["sample"] is not None]
+    assert answering and all(b.lane == Lane.STEP for b in answering)
+    assert session.of_type("done")[0]["early_answer"]["paid"]
