@@ -40,8 +40,9 @@ ignored.
 
 **Early answer** (hello ``early_answer: true``; off by default). When the prompt looks
 complete -- its text ends a sentence (``.``, ``?``, ``!``), or the client sends
-``prompt_pause`` (its speech recogniser heard a pause) -- the session guesses that it has
-ended: it prefills the held-back tail and the assistant header and decodes the reply on the
+``prompt_pause`` (its speech recogniser heard a pause) -- and the prompt so far is in the
+cache (a session whose prefill lags does not add guesses to it), the session guesses that
+it has ended: it prefills the held-back tail and the assistant header and decodes the reply on the
 ``PREFILL`` lane (work for a prompt still arriving: below everyone's decode steps), sending
 nothing. If ``prompt_end`` comes with no new text, the guess paid: the tokens decoded so far
 go out at once and decoding goes on on the ``STEP`` lane. A ``prompt_delta`` instead means
@@ -101,6 +102,7 @@ class _Turn:
     guess_finished: str | None = None  # the guessed reply ended before prompt_end: its finish_reason
     guesses: int = 0
     paid: bool = False
+    guess_wanted: bool = False  # the prompt looked complete while its prefill still lagged
 
     @property
     def working(self) -> bool:
@@ -281,6 +283,7 @@ class ChatProtocol:
             actions += self._drop_guess()
         if self.turn is None:
             self._begin_turn()
+        self.turn.guess_wanted = False
         self._append(self.turn.text.push(text))
         actions += self._schedule(now_ns)
         if self.early_answer and text and _ends_sentence(self.turn.text.text):
@@ -288,10 +291,16 @@ class ChatProtocol:
         return actions
 
     def _guess(self, now_ns: int) -> list[Action]:
-        """Early answer: take the prompt as complete and decode, sending nothing yet."""
+        """Early answer: take the prompt as complete and decode, sending nothing yet -- once
+        the prompt so far is in the cache (a guess must not hold up the prefill of a prompt
+        that goes on, nor add work while the session's prefill lags: it waits until then)."""
         turn = self.turn
         if not self.early_answer or turn is None or turn.working:
             return []
+        if self.inflight or self.cached < len(self.ids):
+            turn.guess_wanted = True  # taken up by _schedule once the prefill has caught up
+            return []
+        turn.guess_wanted = False
         tail = turn.text.peek() + encode_template(self.tokenizer, self.format.user_suffix)
         if len(self.ids) + len(tail) + self.max_tokens > self.chat.max_context:
             return []  # no room to guess; prompt_end will say context_full if it comes to that
@@ -322,6 +331,7 @@ class ChatProtocol:
         if self.turn is None:
             self._begin_turn()
         turn = self.turn
+        turn.guess_wanted = False
         tail = turn.text.finish()
         actions: list[Action] = []
         if turn.speculative:
@@ -477,6 +487,9 @@ class ChatProtocol:
         if self.closing or self.stalled or not self.ready:
             return actions
         turn = self.turn
+        if (turn is not None and turn.guess_wanted and not turn.working and not self.inflight
+                and self.cached == len(self.ids)):
+            return self._guess(now_ns)
         working = turn is not None and turn.working
         if not self.incremental and not working:
             return actions  # the comparison mode prefills nothing before prompt_end

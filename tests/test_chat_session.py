@@ -432,3 +432,16 @@ def test_prompt_end_during_a_guess_moves_its_decoding_to_the_step_lane(executor)
     answering = [b for b in engine.batches[at_end:] if b.inputs[0]["sample"] is not None]
     assert answering and all(b.lane == Lane.STEP for b in answering)
     assert session.of_type("done")[0]["early_answer"]["paid"]
+
+
+def test_a_guess_waits_until_the_prompt_so_far_is_in_the_cache(executor):
+    engine = engine_for(executor, max_tokens=4)
+    session = engine.connect()
+    engine.send(session, {"type": "hello", "early_answer": True})
+    engine.send(session, {"type": "prompt_delta", "text": "Go to the red cube."})  # its prefill is queued
+    assert not session.protocol.turn.speculative
+    engine.run()
+    assert session.protocol.turn.speculative  # taken up once the prefill caught up
+    engine.send(session, {"type": "prompt_end"})
+    engine.run()
+    assert session.of_type("done")[0]["early_answer"] == {"guesses": 1, "paid": True}
