@@ -187,6 +187,15 @@ class Engine:
         self._sessions.add(session)
         return session
 
+    def cancel_queued(self, session: EngineSession) -> int:
+        """Drop the session's queued requests (their futures are cancelled); a batch already
+        running is not stopped. Returns how many were dropped."""
+        with self._cond:
+            dropped = self.batcher.drop(session)
+        for request in dropped:
+            request.handle.cancel()
+        return len(dropped)
+
     def close_session(self, session: EngineSession) -> None:
         """Forget the session, drop its queued work (futures cancelled), free its slot."""
         if session.closed:

@@ -31,6 +31,7 @@ ERROR_CLOSE_CODES: dict[str, int | None] = {
     "text_not_accepted": CLOSE_BAD_INPUT,  # a text frame on a binary-only endpoint
     "unsupported": CLOSE_BAD_INPUT,  # a hello asks for what the model cannot do (future state without a rollout)
     "too_large": CLOSE_TOO_LARGE,  # enforced by the transport (max_size) before decoding
+    "context_full": CLOSE_TOO_LARGE,  # a chat conversation would outgrow the model's context
     "at_capacity": CLOSE_OVERLOADED,  # no session or state slot free on this model
     "slow_consumer": CLOSE_BAD_INPUT,  # the client stopped reading its replies
     "internal": CLOSE_INTERNAL,  # the model raised; the traceback stays in the server log

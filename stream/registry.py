@@ -28,6 +28,7 @@ import numpy as np
 
 from stream.batcher import CostOf, batch_size_cost
 from stream.hosts import ExecutorSpec, RunBatch
+from models.lm_text import ChatFormat
 from stream.protocol import ArrayField, ArrayMapField, ObservationSpec, TextField
 
 
@@ -38,7 +39,21 @@ class ModelOptions:
     standin_ms: float = 20.0
     max_batch_size: int = 64
     device: str = "cpu"
+    chat_slots: int = 8  # chat models: sessions (KV-cache slots) per model
+    chat_context: int | None = None  # chat models: tokens per slot (default: the model's context)
+    prefill_slice: int = 32  # chat models: most tokens of one prefill request
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ChatText:
+    """The server's side of a chat model: what its sessions need to tokenise and lay out text."""
+
+    tokenizer: Any  # a transformers tokenizer
+    format: ChatFormat
+    max_context: int  # tokens a slot holds
+    prefill_slice: int = 32  # most tokens one prefill request carries
+    max_tokens: int = 256  # default (and largest) reply length
 
 
 @dataclass
@@ -55,6 +70,7 @@ class LoadedModel:
     latency_prior_s: float = 0.0  # first guess of one call's latency, before any is measured
     cost_of: CostOf = batch_size_cost  # a batch's cost key for the latency estimate
     slots: int = 0  # state slots of a stepped model (0: one-shot requests only)
+    chat: ChatText | None = None  # a chat model (served at /v1/chat): its tokenizer and chat format
 
 
 ModelFactory = Callable[[ModelOptions], LoadedModel]
@@ -78,7 +94,7 @@ _SUMMARIES: dict[str, str] = {}
 _RESOLVERS: list[tuple[Resolver, Listing]] = []
 # Modules that register more models when imported; imported on the first unknown name (or
 # listing) so that serving the stand-in never imports torch.
-PLUGIN_MODULES = ["stream.policy_models"]
+PLUGIN_MODULES = ["stream.policy_models", "stream.chat_models"]
 _plugins_loaded = False
 
 

@@ -99,6 +99,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--obs-map", action=_PolicyOptionAction, metavar="CLIENT=POLICY",
                         help="observation key CLIENT that clients send is the policy's key POLICY (CLIENT= : "
                              "accepted and dropped); for the --policy before it, repeatable")
+    parser.add_argument("--llm", action="append", default=[], metavar="PATH[=ALIAS]",
+                        help="serve the transformers causal LM in the local directory PATH for chat at /v1/chat "
+                             "(repeatable; nothing is downloaded); with --llm and no --model, no policy is served")
+    parser.add_argument("--chat-slots", type=int, default=8,
+                        help="chat sessions per LM (each holds a KV-cache slot); more are refused with 1013 "
+                             "(default %(default)s)")
+    parser.add_argument("--chat-context", type=int, default=None,
+                        help="tokens a chat session's cache holds (default: the model's context length)")
+    parser.add_argument("--prefill-slice", type=int, default=32,
+                        help="most prompt tokens one prefill request carries: a decode step of another session "
+                             "waits for at most one batch of such slices (default %(default)s)")
     parser.add_argument("--standin-ms", type=float, default=20.0,
                         help="duration of every batched call of the stand-in policy (default %(default)s)")
     parser.add_argument("--max-batch", type=int, default=64, help="largest batch per model call (default %(default)s)")
@@ -149,7 +160,9 @@ def load_models(args: argparse.Namespace) -> list[registry.LoadedModel]:
 
     Raises ``KeyError`` for an unknown ``--model`` and ``ValueError`` or ``ImportError`` for a
     ``--policy`` that cannot be served, each with a message for the user."""
-    options = registry.ModelOptions(standin_ms=args.standin_ms, max_batch_size=args.max_batch, device=args.device)
+    options = registry.ModelOptions(standin_ms=args.standin_ms, max_batch_size=args.max_batch, device=args.device,
+                                    chat_slots=args.chat_slots, chat_context=args.chat_context,
+                                    prefill_slice=args.prefill_slice)
     models = []
     for choice in getattr(args, "policy", None) or []:
         from stream.policy_models import plugin_model  # imports torch: only when a policy is served
@@ -159,9 +172,12 @@ def load_models(args: argparse.Namespace) -> list[registry.LoadedModel]:
                                        obs_map=choice.obs_map))
         except (ValueError, ImportError) as exc:
             raise type(exc)(f"--policy {choice.target}: {exc}") from exc
-    for spec in args.model or ([] if models else ["standin"]):
+    for spec in args.model or ([] if models or args.llm else ["standin"]):
         name, _, alias = spec.partition("=")
         models.append(registry.load(name, options, alias=alias or None))
+    for spec in args.llm:
+        path, _, alias = spec.partition("=")
+        models.append(registry.load("llm:" + path, options, alias=alias or None))
     return models
 
 

@@ -15,7 +15,10 @@ HTTP, answered at the handshake (``process_request``), before any websocket exis
 
 Websocket endpoints (DESIGN.md, Endpoints): ``/`` is the openpi-compatible policy protocol
 (:class:`stream.session_protocols.OpenpiProtocol`); ``/v1/policy`` is real-time chunking for robot
-control loops (:class:`stream.session_protocols.RealtimePolicyProtocol`, docs/policy-protocol.md); one :class:`stream.sessions.SessionPump` per connection moves the frames.
+control loops (:class:`stream.session_protocols.RealtimePolicyProtocol`, docs/policy-protocol.md);
+``/v1/chat`` is partial-prompt LLM streaming (:class:`stream.chat_session.ChatProtocol`,
+docs/chat-protocol.md). A server has the endpoints its models fit (policies: the first two;
+chat models: the last); one :class:`stream.sessions.SessionPump` per connection moves the frames.
 Other paths arrive with the issues that build them.
 
 Transport: compression off; explicit ``max_size`` (a larger frame closes with 1009),
@@ -58,12 +61,16 @@ def canonical_path(path: str) -> str:
     return path.partition("?")[0].rstrip("/") or "/"
 
 
-def not_found_message(path: str) -> str:
-    """The 404 body: what is not here, the closest endpoint, and every endpoint there is."""
-    close = difflib.get_close_matches(path, [*ROUTES, *HTTP_ROUTES], n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]}?" if close else ""
-    return (f"no endpoint at {path}{hint}\n"
-            f"websocket endpoints: {', '.join(ROUTES)}; HTTP GET: {', '.join(HTTP_ROUTES)}\n")
+def not_found_message(path: str, routes: Sequence[str] = tuple(ROUTES)) -> str:
+    """The 404 body: what is not here, the closest endpoint, and every endpoint there is
+    (``routes``: the websocket endpoints of this server)."""
+    if path in ROUTES:  # an endpoint of Headway that none of this server's models serves
+        need = "a chat model (headway serve --llm PATH)" if path == "/v1/chat" else "a policy (headway serve --model NAME)"
+        first = f"no endpoint at {path}: it needs {need}, and this server serves none"
+    else:
+        close = difflib.get_close_matches(path, [*routes, *HTTP_ROUTES], n=1, cutoff=0.6)
+        first = f"no endpoint at {path}" + (f"; did you mean {close[0]}?" if close else "")
+    return f"{first}\nwebsocket endpoints: {', '.join(routes)}; HTTP GET: {', '.join(HTTP_ROUTES)}\n"
 
 
 @dataclass
@@ -124,6 +131,9 @@ class HeadwayServer:
                             metrics=self.metrics.for_engine(model.name))
             self.served[model.name] = ServedModel(model, engine)
         self.default_model = models[0].name
+        # The endpoints this server has: a route is served when one of its models fits it.
+        self.routes = {path: protocol for path, protocol in ROUTES.items()
+                       if any(protocol.serves(m) for m in models)}
         self.sessions: set[SessionPump] = set()
         self.draining = False
         self.port = self.config.port
@@ -200,14 +210,22 @@ class HeadwayServer:
         return hmac.compare_digest(value.strip().encode(), token.encode())
 
     def _session_options(self, raw_path: str) -> tuple[str, ServedModel, float]:
-        """(route, served model, budget) from the request path; ValueError for bad values."""
+        """(route, served model, budget) from the request path; ValueError for bad values.
+
+        Without ``?model=``, a route gets the first model it serves (the first policy at ``/``
+        and ``/v1/policy``, the first chat model at ``/v1/chat``)."""
         path, query = canonical_path(raw_path), raw_path.partition("?")[2]
         params = parse_qs(query, max_num_fields=8)
-        name = params.get("model", [self.default_model])[-1]
+        route = self.routes[path]
+        default = next(name for name, served in self.served.items() if route.serves(served.model))
+        name = params.get("model", [default])[-1]
         served = self.served.get(name)
         if served is None:
             raise ValueError(f"unknown model {name!r}; this server serves {', '.join(self.served)} "
                              f"(another model needs a server started with --model {name})")
+        if not route.serves(served.model):
+            fitting = [n for n, m in self.served.items() if route.serves(m.model)]
+            raise ValueError(f"model {name!r} is not served at {path}; models served there: {', '.join(fitting)}")
         budget_s = self.config.budget_s
         if "budget_ms" in params:
             try:
@@ -222,8 +240,9 @@ class HeadwayServer:
         path = canonical_path(request.path)
         if path in HTTP_ROUTES:
             return HTTP_ROUTES[path](self, connection, request)
-        if path not in ROUTES:
-            return connection.respond(HTTPStatus.NOT_FOUND, not_found_message(request.path.partition("?")[0]))
+        if path not in self.routes:
+            return connection.respond(HTTPStatus.NOT_FOUND,
+                                      not_found_message(request.path.partition("?")[0], list(self.routes)))
         if not self._authorized(request):
             return self._unauthorized(connection)
         if self.draining:
@@ -261,7 +280,7 @@ class HeadwayServer:
         sock = ws.transport.get_extra_info("socket")
         if self.config.socket_send_buffer and sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.socket_send_buffer)
-        protocol = ROUTES[route](served.model, budget_s=budget_s, max_pending=self.config.max_pending)
+        protocol = self.routes[route](served.model, budget_s=budget_s, max_pending=self.config.max_pending)
         session = SessionPump(ws, protocol, served, self.metrics)
         self.sessions.add(session)
         try:

@@ -5,7 +5,10 @@ an engine result, a drain -- and returns what to do as a list of actions:
 
 * :class:`Send` a frame (in order; the pump keeps the order),
 * :class:`Submit` a request to the engine (its outcome comes back via :meth:`answered`),
+* :class:`CancelQueued`: drop the session's requests the engine has not started,
 * :class:`Close` the connection with a code.
+
+(The actions are defined in :mod:`stream.session_actions`.)
 
 The I/O pump (:mod:`stream.sessions`) is the only code that touches the socket; it calls
 ``opened()`` once admitted (or ``refused(error)``), ``received(frame, now_ns)`` per frame,
@@ -18,7 +21,9 @@ after the replies already in flight, then the connection closes with the error's
 
 :class:`OpenpiProtocol` serves ``/`` (openpi's policy protocol, docs/protocol.md);
 :class:`RealtimePolicyProtocol` serves ``/v1/policy`` (docs/policy-protocol.md), with
-:class:`stream.realtime_session.RealtimeSessionState` keeping the robot's chunk state.
+:class:`stream.realtime_session.RealtimeSessionState` keeping the robot's chunk state;
+:class:`stream.chat_session.ChatProtocol` serves ``/v1/chat`` (docs/chat-protocol.md). A route
+serves the models its class ``serves``: policies at the first two, chat models at the last.
 """
 
 from __future__ import annotations
@@ -26,42 +31,43 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from stream import protocol
+from stream.chat_session import ChatProtocol
 from stream.engine import Result
 from stream.errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL, ProtocolError
+from stream.session_actions import Action, CancelQueued, Close, Send, Submit  # noqa: F401  (re-exported)
 if TYPE_CHECKING:
     from stream.realtime_session import PreparedRequest
     from stream.registry import LoadedModel
 
 
-@dataclass
-class Send:
-    frame: bytes | str
-    code: str | None = None  # the reply's outcome for the metrics: "ok" or an error code
-    arrival_ns: int | None = None  # of the request answered (latency metrics)
-    deadline_ns: int | None = None
-    s: int | None = None  # a chunk's execution horizon (metrics)
+class SessionProtocol(Protocol):
+    """What the pump needs of an endpoint's protocol (one class per route in :data:`ROUTES`)."""
 
+    route: str
+    stepped: bool  # the session holds a state slot of its model (admitted with one, 1013 without)
+    hello_timeout_s: float | None  # the first frame must come within this (None: no limit)
+    closing: bool
 
-@dataclass
-class Submit:
-    key: int  # passed back with the outcome to ``answered``
-    inputs: Any
-    budget_s: float
-    arrival_ns: int
-    allow_degrade: bool = False
-    target_s: float | None = None
+    @classmethod
+    def serves(cls, model: "LoadedModel") -> bool: ...
 
+    @property
+    def paused(self) -> bool: ...
 
-@dataclass
-class Close:
-    code: int
-    reason: str
+    def refused(self, error: ProtocolError) -> list[Action]: ...
 
+    def opened(self) -> list[Action]: ...
 
-Action = Send | Submit | Close
+    def received(self, frame: bytes | str, now_ns: int) -> list[Action]: ...
+
+    def answered(self, key: int, outcome: Result | ProtocolError, now_ns: int) -> list[Action]: ...
+
+    def drain(self) -> list[Action]: ...
+
+    def hello_timed_out(self) -> list[Action]: ...
 
 
 @dataclass
@@ -113,6 +119,11 @@ class RequestReplyProtocol:
         self.draining = False
         self._replies = _Replies()
         self._keys = itertools.count()
+
+    @classmethod
+    def serves(cls, model: "LoadedModel") -> bool:
+        """Policies, not chat models."""
+        return model.chat is None
 
     # -- what the pump calls --------------------------------------------------------------
 
@@ -318,4 +329,5 @@ class RealtimePolicyProtocol(RequestReplyProtocol):
         return {} if owed.request_id is None else {"request_id": owed.request_id}
 
 
-ROUTES: dict[str, type[RequestReplyProtocol]] = {"/": OpenpiProtocol, "/v1/policy": RealtimePolicyProtocol}
+ROUTES: dict[str, type[SessionProtocol]] = {"/": OpenpiProtocol, "/v1/policy": RealtimePolicyProtocol,
+                                            "/v1/chat": ChatProtocol}

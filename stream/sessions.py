@@ -3,7 +3,8 @@
 One :class:`SessionPump` per connection moves frames between the socket and the endpoint's
 sans-I/O protocol (:mod:`stream.session_protocols`) and carries out what the protocol asks:
 ``Send`` (one writer task, in order), ``Submit`` (``engine.submit``; the outcome goes back to
-the protocol from the future's done-callback, on the loop), ``Close``. It admits the session
+the protocol from the future's done-callback, on the loop), ``CancelQueued``
+(``engine.cancel_queued``), ``Close``. It admits the session
 with the engine first (a refusal is answered by the protocol: ``at_capacity``, 1013), stops
 reading while the protocol is ``paused`` (TCP pushes back on the client), and keeps the
 metrics. Another transport (an ASGI websocket) needs only another pump of this size.
@@ -24,7 +25,8 @@ from websockets.exceptions import ConnectionClosed
 
 from stream.engine import Engine
 from stream.errors import CLOSE_BAD_INPUT, ProtocolError
-from stream.session_protocols import Action, Close, RequestReplyProtocol, Send, Submit
+from stream.session_actions import Action, CancelQueued, Close, Send, Submit
+from stream.session_protocols import SessionProtocol
 
 if TYPE_CHECKING:
     from stream.metrics import ServerMetrics
@@ -44,7 +46,7 @@ class ServedModel:
 class SessionPump:
     """Runs one connection: ``await run()`` returns when it has ended."""
 
-    def __init__(self, ws: ServerConnection, protocol: RequestReplyProtocol, served: ServedModel,
+    def __init__(self, ws: ServerConnection, protocol: SessionProtocol, served: ServedModel,
                  metrics: "ServerMetrics"):
         self.ws = ws
         self.protocol = protocol
@@ -124,9 +126,11 @@ class SessionPump:
             if isinstance(action, Submit):
                 future = self.engine.submit(self._ticket, action.inputs, budget_s=action.budget_s,
                                             arrival_ns=action.arrival_ns, allow_degrade=action.allow_degrade,
-                                            target_s=action.target_s)
+                                            target_s=action.target_s, lane=action.lane)
                 self._futures.add(future)
                 future.add_done_callback(partial(self._answered, action.key))
+            elif isinstance(action, CancelQueued):
+                self.engine.cancel_queued(self._ticket)
             else:
                 self._outbox.append(action)
                 self._wake_writer.set()

@@ -27,11 +27,12 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as connect_sync
 
-from stream import wire
+from stream import registry, wire
 from policies.standin import standin_actions
 from server_harness import ServerThread, metric_value, standin, state_for
 from stream.protocol import ERROR_CLOSE_CODES
 from stream.server import ServerConfig
+from tiny_llms import tiny_llm
 
 TOKEN = "t0k"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -123,6 +124,7 @@ class BadInput:
     misbehave: Misbehave
     code: str | None
     close_code: int | None
+    chat: bool = False  # the server also serves a chat model (a tiny LM at /v1/chat)
 
 
 async def error_then_close(server: ServerThread, frame: bytes | str, case: BadInput) -> None:
@@ -224,6 +226,18 @@ async def disconnect_mid_inference(server: ServerThread, case: BadInput) -> None
     assert metric_value(server.metrics_text(), "headway_replies_total", code="internal") == 0
 
 
+async def chat_past_the_context(server: ServerThread, case: BadInput) -> None:
+    async with connect(f"ws://127.0.0.1:{server.port}/v1/chat", compression=None, additional_headers=AUTH) as ws:
+        await ws.send(wire.packb({"type": "hello"}))
+        assert wire.unpackb(await ws.recv())["type"] == "ready"
+        await ws.send(wire.packb({"type": "prompt_delta", "text": "go left and right " * 220}))  # > 1024 tokens
+        error = json.loads(await ws.recv())
+        assert error["code"] == case.code and "context of 1024 tokens" in error["message"]
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.recv()
+        assert info.value.rcvd.code == case.close_code
+
+
 async def more_sessions_than_capacity(server: ServerThread, case: BadInput) -> None:
     extra = [await connect(server.url, additional_headers=AUTH) for _ in range(2)]  # good client + 2 = 3
     for ws in extra:
@@ -267,6 +281,7 @@ CASES = [
     BadInput("frame_over_max_size", frame_over_max_size, "too_large", 1009),
     BadInput("client_that_never_reads", client_that_never_reads, "slow_consumer", 1008),
     BadInput("more_sessions_than_capacity", more_sessions_than_capacity, "at_capacity", 1013),
+    BadInput("chat_past_the_context", chat_past_the_context, "context_full", 1009, chat=True),
     BadInput("wrong_token", wrong_token, None, None),
     BadInput("disconnect_mid_inference", disconnect_mid_inference, None, None),
 ]
@@ -274,7 +289,10 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 async def test_bad_input_gets_its_documented_answer_while_a_good_session_keeps_its_rate(case):
-    with ServerThread([standin(5)], CONFIG) as server:
+    models = [standin(5)]
+    if case.chat:
+        models.append(registry.load(f"llm:{tiny_llm(max_context=1024)}"))
+    with ServerThread(models, CONFIG) as server:
         with GoodClient(server.url) as good:
             assert await eventually(lambda: good.replies >= 5)
             before = good.replies

@@ -34,8 +34,17 @@ def test_404_names_every_endpoint_of_the_server(server):
     status, body = http_get(server.http + "/nothing/here")
     assert status == 404
     assert body.splitlines()[0] == "no endpoint at /nothing/here"
-    for path in [*ROUTES, *HTTP_ROUTES]:
+    assert set(server.server.routes) == {"/", "/v1/policy"}  # a policy only: no chat endpoint
+    for path in [*server.server.routes, *HTTP_ROUTES]:
         assert path in body.splitlines()[1]
+
+
+def test_an_endpoint_no_served_model_fits_answers_404_saying_what_it_needs(server):
+    assert "/v1/chat" in ROUTES
+    status, body = http_get(server.http + "/v1/chat")
+    assert status == 404
+    assert body.splitlines()[0] == ("no endpoint at /v1/chat: it needs a chat model (headway serve --llm PATH), "
+                                    "and this server serves none")
 
 
 def test_404_suggests_the_closest_endpoint(server):

@@ -1,0 +1,50 @@
+"""What a sans-I/O session protocol asks its I/O pump to do (:mod:`stream.session_protocols`).
+
+A protocol returns a list of actions; the pump (:mod:`stream.sessions`) carries them out in
+order: :class:`Send` a frame, :class:`Submit` a request to the engine (its outcome comes
+back to the protocol's ``answered``), :class:`CancelQueued` to take the session's queued
+requests off the engine's queue (their outcomes never come back), :class:`Close` the
+connection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from stream.batcher import Lane
+
+
+@dataclass
+class Send:
+    frame: bytes | str
+    code: str | None = None  # the reply's outcome for the metrics: "ok" or an error code
+    arrival_ns: int | None = None  # of the request answered (latency metrics)
+    deadline_ns: int | None = None
+    s: int | None = None  # a chunk's execution horizon (metrics)
+
+
+@dataclass
+class Submit:
+    key: int  # passed back with the outcome to ``answered``
+    inputs: Any
+    budget_s: float
+    arrival_ns: int
+    allow_degrade: bool = False
+    target_s: float | None = None
+    lane: Lane = Lane.ONESHOT  # a stepped session's prefill slices and decode steps name theirs
+
+
+@dataclass
+class CancelQueued:
+    """Drop every request of this session that the engine has not started; a request already
+    running still answers."""
+
+
+@dataclass
+class Close:
+    code: int
+    reason: str
+
+
+Action = Send | Submit | CancelQueued | Close
