@@ -19,12 +19,7 @@ from models.world_grammar import vocabulary
 TINY = dict(d_model=32, layers=1, heads=2, ff=64, window=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

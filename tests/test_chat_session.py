@@ -16,12 +16,7 @@ PROMPT = "Could you move the red cube two steps left, then wait there for me?"
 CONTEXT = "The table: a red cube at the left, a blue ball in the centre."
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,7 @@ PROMPT = "Could you move the red cube two steps left, then wait? Thanks."
 CONTEXT = "The table: a red cube at the left, a blue ball in the centre."
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, above all on cores that others share."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

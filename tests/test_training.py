@@ -18,17 +18,11 @@ from clients.train import add_arguments, main
 from policies.training import fit_statistics, train_policy
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small training runs are fastest on one thread, and the suite shares 2 cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def demos(one_thread):
+def demos(one_torch_thread):
     return collect_demonstrations(make_task("slalom"), episodes=20, seed=0)
 
 
@@ -82,7 +76,7 @@ def test_training_is_deterministic_under_a_seed(demos):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, one_thread):
+def trained(tmp_path_factory, one_torch_thread):
     """``headway train policy`` run once: balance, 300 steps of a small net (about a second)."""
     out = tmp_path_factory.mktemp("trained")
     parser = argparse.ArgumentParser()
