@@ -17,6 +17,7 @@ import argparse
 import json
 import errno
 import multiprocessing
+import signal
 import sys
 import time
 from collections import deque
@@ -102,7 +103,9 @@ def draw(path: Path, snap: dict, task: str, hz: float) -> None:
 
 def paint(queue, path: Path, task: str, hz: float) -> None:
     """Child process: draws every snapshot it gets until it gets None. Plotting holds the
-    GIL for ~100 ms a picture; in the robot's process that would be jitter."""
+    GIL for ~100 ms a picture; in the robot's process that would be jitter. Ctrl-C reaches the
+    whole process group: the parent stops this one (with None), so it ignores the signal."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     while (snap := queue.get()) is not None:
         draw(path, snap, task, hz)
 
