@@ -66,9 +66,9 @@ from models.lm_text import (ChatFormat, IncrementalTokenizer, ReplyText, common_
 from stream import protocol
 from stream.batcher import Lane
 from stream.engine import Result
-from stream.errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL, ProtocolError
+from stream.errors import CLOSE_GOING_AWAY, ProtocolError
 from stream.registry import ChatText, LoadedModel
-from stream.session_actions import Action, CancelQueued, Close, Send, Submit
+from stream.session_actions import Action, CancelQueued, Close, Send, Submit, report_and_close
 
 PIPELINE_DEPTH = 2  # requests of one answering session queued at once
 # Chat requests are ordered by their lanes and, within a lane, by arrival; their deadline is
@@ -166,8 +166,7 @@ class ChatProtocol:
 
     def refused(self, error: ProtocolError) -> list[Action]:
         self.closing = True
-        return [Send(protocol.encode_text(error.to_message()), error.code),
-                Close(error.close_code or CLOSE_INTERNAL, error.message[:120])]
+        return report_and_close(error)
 
     def opened(self) -> list[Action]:
         return []  # the client speaks first
@@ -555,8 +554,7 @@ class ChatProtocol:
         self.closing = True
         actions: list[Action] = [CancelQueued()] if self.inflight else []
         self.inflight.clear()
-        return actions + [Send(protocol.encode_text(error.to_message()), error.code),
-                          Close(error.close_code or CLOSE_INTERNAL, error.message[:120])]
+        return actions + report_and_close(error)
 
     def _send(self, message: dict, code: str | None = None, arrival_ns: int | None = None) -> Send:
         frame = protocol.encode_text(message) if self.text_frames else protocol.encode_binary(message)

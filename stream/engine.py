@@ -202,15 +202,14 @@ class Engine:
             return
         session.closed = True
         self._sessions.discard(session)
-        with self._cond:
-            dropped = self.batcher.drop(session)
-            if session.slot is not None:
+        dropped = self.cancel_queued(session)
+        if session.slot is not None:
+            with self._cond:
                 self.slots.release(session.slot)
                 self._controls.append(CloseSlot(session.slot))
                 self._cond.notify()
-        for request in dropped:
-            request.handle.cancel()
-            if self.metrics:
+        if self.metrics:
+            for _ in range(dropped):
                 self.metrics.count_shed("disconnected")
 
     def submit(

@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from stream import protocol
 from stream.batcher import Lane
+from stream.errors import CLOSE_INTERNAL, ProtocolError
 
 
 @dataclass
@@ -48,3 +50,10 @@ class Close:
 
 
 Action = Send | Submit | CancelQueued | Close
+
+
+def report_and_close(error: ProtocolError) -> list[Action]:
+    """Say why the session ends, as a JSON text frame (every client can read one), then close
+    with the error's close code (1011 for a code that leaves sessions open)."""
+    return [Send(protocol.encode_text(error.to_message()), error.code),
+            Close(error.close_code or CLOSE_INTERNAL, error.message[:120])]

@@ -36,8 +36,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from stream import protocol
 from stream.chat_session import ChatProtocol
 from stream.engine import Result
-from stream.errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL, ProtocolError
-from stream.session_actions import Action, CancelQueued, Close, Send, Submit  # noqa: F401  (re-exported)
+from stream.errors import CLOSE_GOING_AWAY, ProtocolError
+from stream.session_actions import (  # noqa: F401  (re-exported)
+    Action, CancelQueued, Close, Send, Submit, report_and_close)
 if TYPE_CHECKING:
     from stream.realtime_session import PreparedRequest
     from stream.registry import LoadedModel
@@ -135,8 +136,7 @@ class RequestReplyProtocol:
         """Admission failed (at capacity, shutting down), or the session cannot start: say
         why and close."""
         self.closing = True
-        return [Send(protocol.encode_text(error.to_message()), error.code),
-                Close(error.close_code or CLOSE_INTERNAL, error.message[:120])]
+        return report_and_close(error)
 
     def opened(self) -> list[Action]:
         return []
