@@ -41,6 +41,12 @@ Row keys:
   the stale plan: it smooths seams a little more but loses solve rate on the tasks where
   staleness dominates (ablation on a held-out seed in docs/robotics.md).
 
+Goal-conditioned tasks (``table``) add the goal-switch measurement (``benchmarks.goal_switch``:
+a goal that changes mid-chunk, reaction time and seam smoothness per strategy at today's
+inference time and an injected ``--goal-switch-ms``): its rows (``"measurement":
+"goal_switch"``) follow the sweep's in the printed array and go to ``DIR/goal_switch.json``,
+``DIR/goal_switch_acceptance.json`` and ``DIR/goal_switch.png``.
+
 Rows are also appended to ``DIR/rtc_sweep.partial.jsonl`` as they finish; ``--resume``
 reuses them, so an interrupted full sweep continues where it stopped.
 """
@@ -77,6 +83,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of every cell's episodes (default %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--checkpoints", type=Path, default=None, help="checkpoint directory (default: the shipped ones)")
+    parser.add_argument("--goal-switch-ms", type=float, default=100.0,
+                        help="goal-conditioned tasks (table): the injected VLA-like inference time of the goal-switch "
+                             "measurement, beside today's measured one (default %(default)s ms; benchmarks/goal_switch.py)")
+    parser.add_argument("--goal-switch-episodes", type=int, default=None, help="episodes per goal-switch cell (default: --episodes)")
+    parser.add_argument("--no-goal-switch", action="store_true", help="skip the goal-switch measurement")
     parser.add_argument("--resume", action="store_true",
                         help="reuse rows already in DIR/rtc_sweep.partial.jsonl (same policy and episodes) instead of rerunning them")
 
@@ -263,12 +274,28 @@ def main(args: argparse.Namespace) -> int:
     plot(rows, args.out / "rtc_sweep.png")
     from benchmarks.rtc_summary import acceptance
 
-    target = next((n for n in names if getattr(TASKS[n], "has_target_changes", False)), names[0])
+    # whack is issue 3's target-change task; the goal-conditioned table has its own measurement
+    target = "whack" if "whack" in names else next((n for n in names if getattr(TASKS[n], "has_target_changes", False)), names[0])
     checks = acceptance(rows, target_task=target)
     (args.out / "rtc_acceptance.json").write_text(json.dumps(checks, indent=1) + "\n")
     verdicts = {k: {f: v[f] for f in ("pass", "pass_d_ge_1", "per_task_pass", "task_average_pass") if f in v}
                 for k, v in checks.items()}
     print("acceptance (issue 3): " + json.dumps(verdicts), file=sys.stderr)
+    switch_names = [n for n in names if getattr(TASKS[n], "goal_conditioned", False)]
+    if switch_names and not args.no_goal_switch:
+        from benchmarks.goal_switch import goal_switch_rows, goal_switch_summary, plot_goal_switch
+
+        switch_rows: list[dict] = []
+        for name in switch_names:
+            policy = policies.get(name) or load_policy(name, args.policy, directory)
+            switch_rows += goal_switch_rows(policy, name, args.policy, args.goal_switch_episodes or episodes, args.seed,
+                                            args.beta, args.goal_switch_ms, progress=lambda m: print(m, file=sys.stderr))
+        (args.out / "goal_switch.json").write_text(json.dumps(switch_rows, indent=1) + "\n")
+        summary = goal_switch_summary(switch_rows)
+        (args.out / "goal_switch_acceptance.json").write_text(json.dumps(summary, indent=1) + "\n")
+        plot_goal_switch(switch_rows, args.out / "goal_switch.png")
+        print("goal switch (issue 11): " + json.dumps(summary), file=sys.stderr)
+        rows = rows + switch_rows
     print(json.dumps(rows))
     print(f"bench rtc: {len(rows)} rows in {time.monotonic() - start:.0f} s -> {args.out}/rtc_sweep.json, rtc_sweep.png", file=sys.stderr)
     return 0

@@ -11,7 +11,8 @@ horizon ``s`` (``d <= s <= H - d``):
 * ``sync``: the robot waits for every chunk. It requests at ``t``, executes the hold
   action (the caller's "stand still": zero acceleration for the simulated tasks, the last
   position for a position-controlled arm) for ``d`` ticks while the world goes on, then
-  executes the chunk's first ``s`` actions (index 0 at tick ``t + d``). Cycle ``s + d``.
+  executes the chunk's first ``s`` actions (index 0 at tick ``t + d``). Cycle ``s + d``;
+  any ``1 <= s <= H`` (nothing overlaps), ``s = H`` being the whole chunk open loop.
 * ``naive``: asynchronous. The old chunk keeps executing during ``t .. t+d-1``; at
   ``t + d`` the new chunk takes over at index ``d``. Cycle ``s``.
 * ``ensemble``: asynchronous, ACT temporal ensembling: each arrived chunk votes on every
@@ -121,7 +122,12 @@ class ChunkedController:
         generator: torch.Generator | None = None,
     ) -> None:
         horizon = policy.config.horizon
-        if not 0 <= d <= s <= horizon - d or s < 1:
+        if config.name == "sync":
+            # The robot waits for every chunk, so nothing overlaps: any 1 <= s <= H (s = H is
+            # how synchronous VLAs usually run, the whole chunk open loop).
+            if d < 0 or not 1 <= s <= horizon:
+                raise ValueError(f"sync needs d >= 0 and 1 <= s <= H (H={horizon}), got d={d}, s={s}")
+        elif not 0 <= d <= s <= horizon - d or s < 1:
             raise ValueError(f"need d <= s <= H - d and s >= 1 (H={horizon}), got d={d}, s={s}")
         if config.name == "rtc_future" and future_state_fn is None:
             raise ValueError("rtc_future needs a future_state_fn")

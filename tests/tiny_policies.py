@@ -95,3 +95,31 @@ class ClockPolicy:
         self.calls += 1
         i = torch.arange(self.config.horizon, dtype=torch.float32)[None, :]
         return torch.stack([state[:, :1] + i, state[:, 1:2].expand(-1, self.config.horizon)], dim=-1)
+
+
+def expert_flow_policy(task_name: str = "table", num_steps: int = 2):
+    """A flow policy whose "network" is a simulated task's chunk-level expert: the velocity
+    field carries every sample straight to ``task.expert_chunk(state)`` (exact after the last
+    Euler step), so the guides, the future-state rollout and the execution strategies run on
+    it as on a trained policy, with none of a trained policy's errors and no training."""
+    from clients.sim import make_task
+    from policies.flow import FlowPolicy
+
+    task = make_task(task_name)
+
+    class ExpertFlowPolicy(FlowPolicy):
+        def encode(self, observation: dict) -> torch.Tensor:
+            return self.normalize_actions(task.expert_chunk(self._check_state(observation["state"])))
+
+        def velocity(self, x: torch.Tensor, tau: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor:
+            return (conditioning - x) / (1.0 - tau.reshape(-1, 1, 1)).clamp(min=1e-6)
+
+    config = tiny_config("flow", horizon=task.horizon, action_dim=task.action_dim, state_dim=task.state_dim,
+                         num_steps=num_steps)
+    config.task, config.hidden = task_name, 8
+    config.action_mean = [0.0] * task.action_dim
+    config.action_std = [1.0] * task.action_dim
+    policy = ExpertFlowPolicy(config)
+    for p in policy.parameters():
+        p.requires_grad_(False)
+    return policy

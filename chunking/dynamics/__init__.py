@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from chunking.dynamics import balance, catch, slalom, whack
+from chunking.dynamics import balance, catch, slalom, table, whack
 from chunking.future_state import FutureStateFn, rollout_with
 
 OneTickModel = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
@@ -22,6 +22,7 @@ ONE_TICK_MODELS: dict[str, OneTickModel] = {
     "balance": balance.step,
     "catch": catch.step,
     "slalom": slalom.step,
+    "table": table.step,
     "whack": whack.step,
 }
 

@@ -11,10 +11,11 @@ from .balance import BalanceTask
 from .base import VectorTask
 from .catch import CatchTask
 from .slalom import SlalomTask
+from .table import TableTask
 from .whack import WhackTask
 
 TASKS: dict[str, type[VectorTask]] = {
-    cls.name: cls for cls in (BalanceTask, WhackTask, SlalomTask, CatchTask)
+    cls.name: cls for cls in (BalanceTask, WhackTask, SlalomTask, CatchTask, TableTask)
 }
 
 

@@ -35,7 +35,9 @@ class VectorTask:
     Class attributes every task sets: ``name``, ``state_dim`` (S), ``action_dim`` (A),
     ``control_hz``, ``max_steps``, ``horizon`` (the chunk length H its policies use),
     ``has_target_changes`` (whether :meth:`reaction_ticks` can be finite), ``multimodal``
-    (whether the expert picks between distinct modes at random).
+    (whether the expert picks between distinct modes at random), ``delay_hurts_solve_rate``
+    (False for a task whose success waits for a late robot, so that delay shows only in
+    :meth:`reaction_ticks`: the goal-conditioned ``table``).
     """
 
     name: str = ""
@@ -46,6 +48,7 @@ class VectorTask:
     horizon: int = 16
     has_target_changes: bool = False
     multimodal: bool = False
+    delay_hurts_solve_rate: bool = True
 
     def __init__(self, action_noise_std: float = 0.1, disturbances: bool = True) -> None:
         self.action_noise_std = float(action_noise_std)
