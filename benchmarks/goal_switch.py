@@ -63,14 +63,15 @@ def goal_switch_cell(policy, task, strategy: str, d: int, s: int, episodes: int,
     delay ``d`` and execution horizon ``s``; returns the row's metrics (module docstring)."""
     import torch
 
-    from benchmarks.rtc import _hold, wilson_half_width
+    from benchmarks.rtc_summary import wilson_half_width
     from chunking.realtime import RealtimeConfig
     from chunking.strategies import ChunkedController, StrategyConfig
 
     config = StrategyConfig(strategy, realtime=RealtimeConfig(beta=beta))
     state = task.reset(episodes, torch.Generator().manual_seed(seed))
     ctrl = ChunkedController(policy, config, d, s, future_state_fn=task.predict_state,
-                             hold_action=lambda st, last: _hold(task, st),
+                             # the task's stand-still action (item-independent), for the items still driven
+                             hold_action=lambda st, last: task.hold_action()[:1].expand(st.shape[0], -1),
                              generator=torch.Generator().manual_seed(seed + 1))
     action_dim = policy.config.action_dim
     live = torch.arange(episodes)

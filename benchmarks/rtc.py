@@ -60,6 +60,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.rtc_summary import wilson_half_width  # noqa: F401  (here for the other benches too)
+
 STRATEGY_ORDER = ("sync", "naive", "ensemble", "bid", "hard_mask", "rtc", "rtc_future", "rti")
 DELAYS = (0, 1, 2, 3, 4)
 
@@ -90,17 +92,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-goal-switch", action="store_true", help="skip the goal-switch measurement")
     parser.add_argument("--resume", action="store_true",
                         help="reuse rows already in DIR/rtc_sweep.partial.jsonl (same policy and episodes) instead of rerunning them")
-
-
-def wilson_half_width(successes: int, n: int, z: float = 1.96) -> float:
-    """The larger distance from the observed rate to a bound of the 95% Wilson interval."""
-    if n == 0:
-        return float("nan")
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(abs(centre + half - p), abs(p - (centre - half)))
 
 
 def execution_horizon(d: int, horizon: int) -> int:

@@ -7,7 +7,19 @@ Every check reports the numbers it compared, so a miss can be diagnosed from the
 
 from __future__ import annotations
 
+import math
 from statistics import mean
+
+
+def wilson_half_width(successes: int, n: int, z: float = 1.96) -> float:
+    """The larger distance from the observed rate to a bound of the 95% Wilson interval."""
+    if n == 0:
+        return float("nan")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(abs(centre + half - p), abs(p - (centre - half)))
 
 
 def _rate(rows: list[dict], strategy: str, d: int) -> dict[str, float]:
