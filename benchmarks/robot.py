@@ -157,7 +157,8 @@ def run_robots(url: str, args: argparse.Namespace) -> dict:
         time.sleep(max(0.0, started + args.warmup_s - time.monotonic()))
         at_warmup = [(loop.stats.underruns, len(loop.stats.jitter_ms), robot.episodes, robot.solved,
                       len(loop.stats.seam_jerk), len(loop.stats.delay_ticks), len(loop.stats.batch_sizes),
-                      len(loop.stats.execution_horizons), loop.stats.s_above_d)
+                      len(loop.stats.execution_horizons), loop.stats.s_above_d,
+                      len(getattr(robot, "reaction_ticks", ())))
                      for loop, robot in zip(loops, robots)]
         for thread in threads:
             thread.join(args.duration + 30)
@@ -170,7 +171,9 @@ def run_robots(url: str, args: argparse.Namespace) -> dict:
     jitter, jerk, delay, batch, horizons = [], [], [], [], []
     timeouts = late = failures = 0
     s_above_d = 0
-    for loop, robot, (u0, j0, e0, s0, k0, d0, b0, h0, a0) in zip(loops, robots, at_warmup):
+    reactions: list[float] = []
+    for loop, robot, (u0, j0, e0, s0, k0, d0, b0, h0, a0, r0) in zip(loops, robots, at_warmup):
+        reactions += list(getattr(robot, "reaction_ticks", ()))[r0:]
         st = loop.stats
         underruns += st.underruns - u0
         episodes += robot.episodes - e0
@@ -202,6 +205,10 @@ def run_robots(url: str, args: argparse.Namespace) -> dict:
         "batch_p50": _pct(batch, 50),
         "s_p50": _pct(horizons, 50), "s_max": max(horizons) if horizons else None, "s_above_d": s_above_d,
         "timeouts": timeouts, "failures": failures, "late_replies_dropped": late,
+        # goal-conditioned tasks (table): ms from a goal change until the gripper heads for it
+        "reaction_ms_p50": _pct([r * 1000.0 / args.hz for r in reactions], 50),
+        "reaction_ms_mean": round(float(np.mean(reactions)) * 1000.0 / args.hz, 1) if reactions else None,
+        "reactions": len(reactions),
     }
 
 

@@ -27,6 +27,10 @@ class SimRobot:
         self.episodes = 0
         self.solved = 0
         self._boundary = False
+        # Reaction times to goal/target changes (ticks), over every episode, for tasks that
+        # keep each one (the table's ``reaction_samples``).
+        self.reaction_ticks: list[float] = []
+        self._reactions_seen = 0
 
     @property
     def solve_rate(self) -> float | None:
@@ -41,10 +45,15 @@ class SimRobot:
 
     def apply(self, action: np.ndarray) -> None:
         self.state = self.task.step(torch.tensor(np.asarray(action, dtype=np.float32))[None])
+        samples = getattr(self.task, "reaction_samples", None)
+        if samples is not None and len(samples) > self._reactions_seen:
+            self.reaction_ticks.extend(samples[self._reactions_seen:])
+            self._reactions_seen = len(samples)
         if bool(self.task.done()[0]):
             self.episodes += 1
             self.solved += int(bool(self.task.solved()[0]))
             self.state = self.task.reset(1, self.generator)
+            self._reactions_seen = 0
             self._boundary = True
 
     def take_episode_boundary(self) -> bool:
