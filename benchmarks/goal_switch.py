@@ -204,8 +204,13 @@ def goal_switch_summary(rows: list[dict]) -> dict:
                         entry[f"sync_{mode}_over_rtc_future"] = sync["reaction_ms"] / fut["reaction_ms"]
             if rtc:
                 entry["rtc_reaction_ms"] = rtc["reaction_ms"]
-            if fut:
+            if fut and naive:
                 entry["rtc_future_reaction_ms"] = fut["reaction_ms"]
+                entry["rtc_future_within_one_chunk"] = fut["within_one_chunk"]
+                entry["rtc_future_switch_seam_jerk"] = fut["switch_seam_jerk"]
+                entry["rtc_future_switch_seam_smoother_than_naive"] = (
+                    fut["switch_seam_jerk"] is not None and naive["switch_seam_jerk"] is not None
+                    and fut["switch_seam_jerk"] < naive["switch_seam_jerk"])
             per_latency[label] = entry
         out[f"{key[0]} {key[1]}"] = per_latency
     return out
