@@ -64,7 +64,8 @@ class AsrClient:
         if self.format == "f32le":
             data = samples.astype("<f4").tobytes()
         else:
-            data = (np.clip(samples, -1.0, 1.0) * 32767).round().astype("<i2").tobytes()
+            # x 32768, as the server divides: 16-bit audio read from a WAV file goes back bit for bit
+            data = np.clip((samples * 32768.0).round(), -32768, 32767).astype("<i2").tobytes()
         await self.ws.send(data)
 
     async def flush(self) -> None:
