@@ -4,6 +4,9 @@
     headway serve --host 0.0.0.0 --port 8000 --token s3cret --allowed-origin https://ui.example
 
 The first ``--model`` is the default at ``/``; others are reached with ``/?model=NAME``.
+The shipped speech recogniser (``models/checkpoints/dsm_asr``) is served too, at ``/v1/asr``
+and ``/api/asr-streaming``, when it is there (``--asr PATH`` serves another, ``--asr none``
+none; ``--asr-slots`` streams at once).
 ``--model NAME=ALIAS`` serves a model under another name (e.g. two stand-ins). Without
 ``--model`` it serves the stand-in, not a trained policy; ``headway serve --help`` lists
 every model it can serve.
@@ -110,6 +113,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefill-slice", type=int, default=32,
                         help="most prompt tokens one prefill request carries: a decode step of another session "
                              "waits for at most one batch of such slices (default %(default)s)")
+    parser.add_argument("--asr", default="shipped", metavar="PATH|none",
+                        help="speech recogniser served at /v1/asr and /api/asr-streaming: a checkpoint directory "
+                             "(or its .json/.safetensors) written by headway train asr; default: the shipped "
+                             "models/checkpoints/dsm_asr when it is there; 'none' serves none")
+    parser.add_argument("--asr-slots", type=int, default=32,
+                        help="concurrent speech streams (each holds a slot); more are refused with 1013 "
+                             "(default %(default)s); --max-batch also caps the streams stepped together")
+    parser.add_argument("--asr-buffer-s", type=float, default=10.0,
+                        help="seconds of audio a speech stream may have waiting before it is refused "
+                             "(buffer_full, 1009); reading pauses at half of it (default %(default)s)")
     parser.add_argument("--standin-ms", type=float, default=20.0,
                         help="duration of every batched call of the stand-in policy (default %(default)s)")
     parser.add_argument("--max-batch", type=int, default=64, help="largest batch per model call (default %(default)s)")
@@ -142,7 +155,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def epilog() -> str:
     """The models ``--model`` accepts, for ``headway serve --help`` (reads the checkpoint folder)."""
     return ("models (--model NAME):\n" + registry.describe_models() + "\n\n"
-            "Plain 'headway serve' serves the stand-in; 'headway serve --model whack' serves the trained whack policy;\n"
+            "Plain 'headway serve' serves the stand-in (and the shipped speech recogniser at /v1/asr and\n"
+            "/api/asr-streaming when models/checkpoints/dsm_asr is there; --asr none: not);\n"
+            "'headway serve --model whack' serves the trained whack policy;\n"
             "'headway serve --policy my_policy:make_policy' serves your own (docs/own-policy.md).")
 
 
@@ -162,7 +177,9 @@ def load_models(args: argparse.Namespace) -> list[registry.LoadedModel]:
     ``--policy`` that cannot be served, each with a message for the user."""
     options = registry.ModelOptions(standin_ms=args.standin_ms, max_batch_size=args.max_batch, device=args.device,
                                     chat_slots=args.chat_slots, chat_context=args.chat_context,
-                                    prefill_slice=args.prefill_slice)
+                                    prefill_slice=args.prefill_slice,
+                                    asr_slots=getattr(args, "asr_slots", 32),
+                                    asr_buffer_s=getattr(args, "asr_buffer_s", 10.0))
     models = []
     for choice in getattr(args, "policy", None) or []:
         from stream.policy_models import plugin_model  # imports torch: only when a policy is served
@@ -178,6 +195,14 @@ def load_models(args: argparse.Namespace) -> list[registry.LoadedModel]:
     for spec in args.llm:
         path, _, alias = spec.partition("=")
         models.append(registry.load("llm:" + path, options, alias=alias or None))
+    asr = getattr(args, "asr", "none")
+    if asr == "shipped":  # served when it is there, unless a --model already serves it
+        from stream.asr_models import SHIPPED_NAME, shipped_checkpoint_present
+
+        if shipped_checkpoint_present() and all(m.name != SHIPPED_NAME for m in models):
+            models.append(registry.load(SHIPPED_NAME, options))
+    elif asr != "none":
+        models.append(registry.load("asr:" + asr, options))
     return models
 
 
