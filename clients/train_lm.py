@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", type=Path, default=None, help="loss-curve PNG (default: OUT_loss.png beside OUT)")
     parser.add_argument("--eval-only", action="store_true", help="evaluate the checkpoint in --out; no training")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N held-out sentences")
+    parser.add_argument("--typed", action="store_true",
+                        help="also evaluate the held-out sentences as typed (a capital, closing punctuation): "
+                             "the typed_* groups")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -47,6 +50,8 @@ def main(args: argparse.Namespace) -> int:
     out = args.out or world_lm.CHECKPOINT_DIR
     train_sentences, heldout = world_lm.split_sentences()
     cases = world_lm.heldout_cases(heldout)[:args.eval_limit]
+    if args.typed:
+        cases += world_lm.heldout_cases(heldout, typed=True)[:args.eval_limit]
     if args.eval_only:
         if not (out / "config.json").is_file():
             raise SystemExit(f"no checkpoint in {out}; train one with: headway train lm --out {out}")

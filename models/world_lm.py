@@ -243,13 +243,16 @@ class Case:
                                                                      self.sentence.goal["shape"])
 
 
-def heldout_cases(heldout: Sequence[Sentence], seed: int = SENTENCE_SEED + 1) -> list[Case]:
-    """Each held-out sentence at a table drawn for it (:func:`models.world_grammar.sample_table`)."""
+def heldout_cases(heldout: Sequence[Sentence], seed: int = SENTENCE_SEED + 1, typed: bool = False) -> list[Case]:
+    """Each held-out sentence at a table drawn for it (:func:`models.world_grammar.sample_table`),
+    said as a recogniser writes it (lowercase words) or, ``typed``, as a person types it
+    (a capital, a full stop or a question mark): the same tables either way."""
     rng = random.Random(seed)
     cases = []
     for s in heldout:
         table = sample_table(rng, s)
-        cases.append(Case(s, table, s.text, answer(s, table)))
+        text = s.text[0].upper() + s.text[1:] + ("?" if s.kind == "question" else ".") if typed else s.text
+        cases.append(Case(s, table, text, answer(s, table)))
     return cases
 
 
@@ -323,9 +326,10 @@ def evaluate(lm: Any, cases: Sequence[Case]) -> dict[str, Any]:
         goal_ok = parsed and output["goal"] == case.expected["goal"]
         reply_ok = parsed and output["reply"] == case.expected["reply"]
         kind = case.sentence.kind
+        typed = "typed_" if case.text != case.sentence.text else ""
         for group in ([kind] + (["commands"] if kind in COMMAND_KINDS else []) +
                       (["not_on_table"] if case.missing else [])):
-            count(group, parsed, goal_ok, reply_ok)
+            count(typed + group, parsed, goal_ok, reply_ok)
         if not goal_ok and len(examples) < 8:
             examples.append({"said": case.text, "expected": case.expected, "got": reply})
     result: dict[str, Any] = {}
