@@ -32,7 +32,7 @@ class ChatClient:
     """One ``/v1/chat`` session (see the module docstring)."""
 
     def __init__(self, url: str = "ws://127.0.0.1:8000/v1/chat", *, token: str | None = None,
-                 context: str | None = None, history: list[dict[str, str]] | None = None,
+                 context: str | dict | None = None, history: list[dict[str, str]] | None = None,
                  sampling: dict[str, Any] | None = None, max_tokens: int | None = None,
                  incremental: bool = True, early_answer: bool = False, timeout_s: float = 60.0):
         self.url = url

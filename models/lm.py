@@ -172,8 +172,10 @@ class CausalLM:
     def __init__(self, path: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
                  max_context: int | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as transformers_logging
 
         register_attention()
+        transformers_logging.disable_progress_bar()  # a server's log, not a terminal: no "Loading weights" bars
         self.path = Path(path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
         self.model = AutoModelForCausalLM.from_pretrained(self.path, local_files_only=True, dtype=dtype,

@@ -1,4 +1,8 @@
-"""Serving causal LMs for ``/v1/chat``: ``headway serve --llm PATH`` (or ``--model llm:PATH``).
+"""Serving causal LMs for ``/v1/chat``: ``headway serve --llm PATH`` (or ``--model llm:PATH``),
+and the embedded model of the demo world, ``world-lm`` (models/checkpoints/world_lm, trained
+by ``headway train lm``), which ``headway serve`` serves at ``/v1/chat`` when no ``--llm`` is
+given. ``world-lm`` also reads a ``hello`` whose ``context`` is the table's map (its text is
+:func:`models.world_grammar.context_text`, the layout it was trained on).
 
 :class:`ChatExecutor` is the engine's executor for a stepped LM: one KV-cache slot per chat
 session (:class:`models.lm.CausalLM`), and one packed forward per batch. Each item of a
@@ -23,15 +27,23 @@ it must have been sampled for this position).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from stream.batcher import Request
 from stream.hosts import ExecutorSpec, RunBatch
 from stream.latency import CostKey
 from stream.protocol import ObservationSpec
-from stream.registry import ChatText, KnownModel, LoadedModel, ModelFactory, ModelOptions, register_resolver
+from stream.registry import (ChatText, KnownModel, LoadedModel, ModelFactory, ModelOptions, register,
+                             register_resolver)
 
 PREFIX = "llm:"
+SHIPPED_NAME = "world-lm"
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "models" / "checkpoints" / "world_lm"
+
+
+def shipped_checkpoint_present() -> bool:
+    """The embedded chat model is in the checkout (``headway train lm`` writes it)."""
+    return (SHIPPED_DIR / "config.json").is_file()
 
 
 class ChatExecutor:
@@ -120,8 +132,10 @@ def chat_cost(batch: Sequence[Request]) -> CostKey:
     return CostKey("prefill", sum(tokens))
 
 
-def llm_factory(path: str | Path, name: str | None = None) -> ModelFactory:
-    """A factory serving the ``transformers`` causal LM in the local directory ``path``."""
+def llm_factory(path: str | Path, name: str | None = None,
+                context_text: Callable[[Any], str] | None = None) -> ModelFactory:
+    """A factory serving the ``transformers`` causal LM in the local directory ``path``;
+    ``context_text`` turns a ``hello``'s structured ``context`` into the model's text."""
     path = Path(path).expanduser().resolve()
 
     def factory(options: ModelOptions) -> LoadedModel:
@@ -149,7 +163,8 @@ def llm_factory(path: str | Path, name: str | None = None) -> ModelFactory:
             latency_prior_s=0.05,
             cost_of=chat_cost,
             slots=slots,
-            chat=ChatText(tokenizer, chat_format, max_context, prefill_slice=options.prefill_slice),
+            chat=ChatText(tokenizer, chat_format, max_context, prefill_slice=options.prefill_slice,
+                          context_text=context_text),
         )
 
     return factory
@@ -170,4 +185,14 @@ def _listing() -> list[KnownModel]:
                                         "(same as --llm PATH)")]
 
 
+def _world_lm(options: ModelOptions) -> LoadedModel:
+    if not shipped_checkpoint_present():
+        raise KeyError(f"the embedded chat model is not in {SHIPPED_DIR}; train it with: headway train lm")
+    from models.world_grammar import context_text
+
+    return llm_factory(SHIPPED_DIR, SHIPPED_NAME, context_text)(options)
+
+
 register_resolver(_resolve, _listing)
+register(SHIPPED_NAME, _world_lm, "the embedded chat model of the demo world (headway train lm), chat at /v1/chat; "
+                                  "served there by default when no --llm is given")

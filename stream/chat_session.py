@@ -243,8 +243,16 @@ class ChatProtocol:
             raise ProtocolError("bad_type", f"model: this session serves {self.model.name!r}; "
                                             "another model is chosen with ?model=NAME in the URL")
         context = message.get("context") or ""
+        if isinstance(context, dict):  # structured context (the demo table): the model's own text of it
+            if self.chat.context_text is None:
+                raise ProtocolError("bad_type", f"context: model {self.model.name!r} takes a text context (a string)")
+            try:
+                context = self.chat.context_text(context)
+            except ValueError as exc:
+                raise ProtocolError("bad_type", f"context: {exc}") from None
         if not isinstance(context, str) or len(context) > MAX_CONTEXT_CHARS:
-            raise ProtocolError("bad_type", f"context: a string of at most {MAX_CONTEXT_CHARS} characters")
+            raise ProtocolError("bad_type", f"context: a string of at most {MAX_CONTEXT_CHARS} characters"
+                                + (", or the table's map" if self.chat.context_text is not None else ""))
         self.history = _history(message.get("history") or [])
         self.sampling = _sampling(message.get("sampling") or {})
         max_tokens = message.get("max_tokens", self.chat.max_tokens)
@@ -370,7 +378,8 @@ class ChatProtocol:
         actions = self._give_up_inflight()  # queued on the prefill lane: submitted again on the step lane
         if turn.held:
             turn.first_ns = turn.last_ns = now_ns
-            actions += [self._send(message) for message in turn.held]
+            actions += [self._send(message, prompt_end_ns=now_ns if i == 0 else None)
+                        for i, message in enumerate(turn.held)]
             turn.held = []
         if turn.guess_finished is not None:
             return actions + self._finish_reply(turn.guess_finished, now_ns)
@@ -418,10 +427,13 @@ class ChatProtocol:
                 turn.guess_finished = finished
                 return self._give_up_inflight()
             return []
-        if turn.first_ns is None:
+        first = turn.first_ns is None
+        if first:
             turn.first_ns = now_ns
         turn.last_ns = now_ns
-        actions: list[Action] = [self._send(message)] if message is not None else []
+        actions: list[Action] = []
+        if message is not None:
+            actions.append(self._send(message, prompt_end_ns=turn.end_ns if first else None))
         if finished is not None:
             return actions + self._finish_reply(finished, now_ns)
         return actions
@@ -556,9 +568,10 @@ class ChatProtocol:
         self.inflight.clear()
         return actions + report_and_close(error)
 
-    def _send(self, message: dict, code: str | None = None, arrival_ns: int | None = None) -> Send:
+    def _send(self, message: dict, code: str | None = None, arrival_ns: int | None = None,
+              prompt_end_ns: int | None = None) -> Send:
         frame = protocol.encode_text(message) if self.text_frames else protocol.encode_binary(message)
-        return Send(frame, code, arrival_ns)
+        return Send(frame, code, arrival_ns, prompt_end_ns=prompt_end_ns)
 
 
 def _ends_sentence(text: str) -> bool:

@@ -14,6 +14,7 @@ headway_compute_seconds                 histogram  one batched model call {model
 headway_request_seconds                 histogram  frame received -> reply sent {model, route}
 headway_batch_size                      histogram  items per batched call {model}
 headway_execution_horizon_ticks         histogram  s of every chunk sent on ``/v1/policy`` {model}
+headway_chat_ttft_seconds               histogram  ``prompt_end`` received -> first token sent, ``/v1/chat`` {model}
 headway_replies_total                   counter    replies by ``code`` (``ok`` or an error code)
 headway_deadline_misses_total           counter    requests answered ``deadline_exceeded`` or
                                                    replied after their deadline, by ``reason``
@@ -56,6 +57,9 @@ class ServerMetrics:
         self.execution_horizon = Histogram("headway_execution_horizon_ticks",
                                            "Execution horizon s of each chunk sent to a robot", ["model"],
                                            buckets=HORIZON_BUCKETS, registry=r)
+        self.chat_ttft_seconds = Histogram("headway_chat_ttft_seconds",
+                                           "Chat time to first token: prompt_end received to first token sent",
+                                           ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.replies = Counter("headway_replies_total", "Replies sent, by code", ["model", "route", "code"],
                                registry=r)
         self.deadline_misses = Counter("headway_deadline_misses_total",

@@ -56,6 +56,9 @@ class ChatText:
     max_context: int  # tokens a slot holds
     prefill_slice: int = 32  # most tokens one prefill request carries
     max_tokens: int = 256  # default (and largest) reply length
+    # A hello's structured context (a map, e.g. the demo table's state) -> the model's text;
+    # None: the model takes a text context only. Raises ValueError for a map it cannot read.
+    context_text: Callable[[Any], str] | None = None
 
 
 @dataclass

@@ -102,9 +102,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--obs-map", action=_PolicyOptionAction, metavar="CLIENT=POLICY",
                         help="observation key CLIENT that clients send is the policy's key POLICY (CLIENT= : "
                              "accepted and dropped); for the --policy before it, repeatable")
-    parser.add_argument("--llm", action="append", default=[], metavar="PATH[=ALIAS]",
+    parser.add_argument("--llm", action="append", default=[], metavar="PATH[=ALIAS]|none",
                         help="serve the transformers causal LM in the local directory PATH for chat at /v1/chat "
-                             "(repeatable; nothing is downloaded); with --llm and no --model, no policy is served")
+                             "(repeatable; nothing is downloaded); with --llm and no --model, no policy is served; "
+                             "without --llm the embedded world-lm (headway train lm) is served there; 'none' serves none")
     parser.add_argument("--chat-slots", type=int, default=8,
                         help="chat sessions per LM (each holds a KV-cache slot); more are refused with 1013 "
                              "(default %(default)s)")
@@ -189,18 +190,24 @@ def load_models(args: argparse.Namespace) -> list[registry.LoadedModel]:
                                        obs_map=choice.obs_map))
         except (ValueError, ImportError) as exc:
             raise type(exc)(f"--policy {choice.target}: {exc}") from exc
-    for spec in args.model or ([] if models or args.llm else ["standin"]):
+    llms = [spec for spec in args.llm if spec != "none"]
+    for spec in args.model or ([] if models or llms else ["standin"]):
         name, _, alias = spec.partition("=")
         models.append(registry.load(name, options, alias=alias or None))
-    for spec in args.llm:
+    for spec in llms:
         path, _, alias = spec.partition("=")
         models.append(registry.load("llm:" + path, options, alias=alias or None))
+    if not args.llm and not any(m.chat is not None for m in models):  # the embedded chat model, when it is there
+        from stream import chat_models
+
+        if chat_models.shipped_checkpoint_present():
+            models.append(registry.load(chat_models.SHIPPED_NAME, options))
     asr = getattr(args, "asr", "none")
     if asr == "shipped":  # served when it is there, unless a --model already serves it
-        from stream.asr_models import SHIPPED_NAME, shipped_checkpoint_present
+        from stream import asr_models
 
-        if shipped_checkpoint_present() and all(m.name != SHIPPED_NAME for m in models):
-            models.append(registry.load(SHIPPED_NAME, options))
+        if asr_models.shipped_checkpoint_present() and all(m.name != asr_models.SHIPPED_NAME for m in models):
+            models.append(registry.load(asr_models.SHIPPED_NAME, options))
     elif asr != "none":
         models.append(registry.load("asr:" + asr, options))
     return models

@@ -24,6 +24,7 @@ class Send:
     arrival_ns: int | None = None  # of the request answered (latency metrics)
     deadline_ns: int | None = None
     s: int | None = None  # a chunk's execution horizon (metrics)
+    prompt_end_ns: int | None = None  # a chat reply's first token: when its prompt ended (TTFT metric)
 
 
 @dataclass

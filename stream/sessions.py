@@ -64,6 +64,7 @@ class SessionPump:
         self._replies = {}  # code -> bound counter, resolved lazily
         self._request_seconds = metrics.request_seconds.labels(self._model_name, self.route)
         self._execution_horizon = metrics.execution_horizon.labels(self._model_name)
+        self._ttft = metrics.chat_ttft_seconds.labels(self._model_name)
 
     async def run(self) -> None:
         try:
@@ -168,6 +169,8 @@ class SessionPump:
             await self.ws.send(action.frame)
         finally:
             self.send_started_ns = 0
+        if action.prompt_end_ns is not None:
+            self._ttft.observe((time.monotonic_ns() - action.prompt_end_ns) / 1e9)
         if action.code is None:
             return
         self._count(action.code)

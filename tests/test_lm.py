@@ -1,6 +1,6 @@
 """The LM backend (models/lm.py) and its text side (models/lm_text.py), without a server:
 incremental prefill in a slot equals one full prefill of the final prompt, for a prompt split
-at every character offset; packed rows of several slots do not mix; a smaller position rolls
+at every character offset (tiny Llamas from a local directory, and the embedded model); packed rows of several slots do not mix; a smaller position rolls
 a slot back; a split word is held back; replies are detokenised without broken characters."""
 
 from __future__ import annotations
@@ -11,10 +11,13 @@ import torch
 from models.lm import CausalLM, Row, Sampling, sample
 from models.lm_text import (ChatFormat, IncrementalTokenizer, ReplyText, encode_content, parse_structured,
                             stable_boundary)
+from models.world_grammar import Table, TableObject, table_context
+from models.world_lm import CHECKPOINT_DIR
 from tiny_llms import tiny_llm
 
 PROMPT = "Could you move the red cube two steps left, then wait? Thanks."
 CONTEXT = "The table: a red cube at the left, a blue ball in the centre."
+WORLD_TABLE = Table((0.0, 0.0), (TableObject("red", "cube", -5.0, 4.0), TableObject("blue", "ball", 3.0, 0.0)))
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -38,11 +41,12 @@ def full_logits(reference, ids: list[int]) -> torch.Tensor:
         return reference(torch.tensor([ids])).logits[0]
 
 
-def incremental_ids(lm: CausalLM, fmt: ChatFormat, pieces: list[str]) -> tuple[list[int], list[list[int]]]:
+def incremental_ids(lm: CausalLM, fmt: ChatFormat, pieces: list[str],
+                    context: str = CONTEXT) -> tuple[list[int], list[list[int]]]:
     """The conversation's ids as a session builds them while ``pieces`` arrive: the context
     and the user prefix, then what each piece commits, then the held-back rest and the
     assistant header at prompt_end. Also returns the chunks in the order they became known."""
-    chunks = [fmt.encode(lm.tokenizer, fmt.conversation(CONTEXT, []) + fmt.user_turn("")[:1])]
+    chunks = [fmt.encode(lm.tokenizer, fmt.conversation(context, []) + fmt.user_turn("")[:1])]
     text = IncrementalTokenizer(lm.tokenizer, lead=fmt.content_lead)
     for piece in pieces:
         chunks.append(text.push(piece))
@@ -63,19 +67,27 @@ def prefill_in_slices(lm: CausalLM, slot: int, chunks: list[list[int]], slice_to
     return logits
 
 
-@pytest.mark.parametrize("template", [False, True], ids=["plain-format", "chat-template"])
-def test_logits_after_incremental_prefill_equal_one_full_prefill_for_every_split_of_the_prompt(template):
-    lm = CausalLM(tiny_llm(template=template))
+# model -> (its directory, its chat format, a context and a prompt of the kind it is given)
+MODELS = {
+    "plain-format": lambda: (tiny_llm(), "plain", CONTEXT, PROMPT),
+    "chat-template": lambda: (tiny_llm(template=True), "template", CONTEXT, PROMPT),
+    "embedded-world-lm": lambda: (CHECKPOINT_DIR, "plain", table_context(WORLD_TABLE), "Could you go to the red cube, please?"),
+}
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_logits_after_incremental_prefill_equal_one_full_prefill_for_every_split_of_the_prompt(model):
+    path, format_name, context, prompt = MODELS[model]()
+    lm = CausalLM(path)
     from transformers import AutoModelForCausalLM
 
-    reference = AutoModelForCausalLM.from_pretrained(tiny_llm(template=template), local_files_only=True,
-                                                     attn_implementation="sdpa").eval()
+    reference = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, attn_implementation="sdpa").eval()
     fmt = ChatFormat.for_tokenizer(lm.tokenizer)
-    assert fmt.name == ("template" if template else "plain")
-    final = fmt.encode(lm.tokenizer, fmt.conversation(CONTEXT, []) + fmt.user_turn(PROMPT))
+    assert fmt.name == format_name
+    final = fmt.encode(lm.tokenizer, fmt.conversation(context, []) + fmt.user_turn(prompt))
     expected = full_logits(reference, final)[-1]
-    for cut in range(len(PROMPT) + 1):
-        ids, chunks = incremental_ids(lm, fmt, [PROMPT[:cut], PROMPT[cut:]])
+    for cut in range(len(prompt) + 1):
+        ids, chunks = incremental_ids(lm, fmt, [prompt[:cut], prompt[cut:]], context)
         assert ids == final, f"split at {cut}"
         logits = prefill_in_slices(lm, 0, chunks, slice_tokens=5)
         torch.testing.assert_close(logits, expected, atol=2e-5, rtol=1e-4, msg=f"split at {cut}")

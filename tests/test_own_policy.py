@@ -163,7 +163,7 @@ def test_policy_args_reach_the_factory():
 
 def test_policies_come_first_and_models_follow():
     models, _ = serve_args("--model", "standin", "--policy", "plugin_policies:droid")
-    assert [m.name for m in models] == ["droid", "standin"]
+    assert [m.name for m in models] == ["droid", "standin", "world-lm"]  # then the chat model (/v1/chat only)
 
 
 @pytest.mark.parametrize("target,complaint", [

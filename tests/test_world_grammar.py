@@ -68,3 +68,67 @@ def test_a_move_goal_goes_the_said_number_of_steps_in_the_said_direction(sentenc
 def test_questions_and_small_talk_carry_no_goal_and_commands_do(sentences):
     for s in sentences:
         assert (s.goal is None) == (s.kind in ("question", "small_talk")), s.text
+
+
+# -- the table and the answers the language model is taught (models/world_grammar.answer) --
+
+from models.world_grammar import (Sentence, Table, TableObject, answer, context_text, region_of,  # noqa: E402
+                                  table_context)
+
+TABLE = Table((0.0, 0.0), (TableObject("red", "cube", -6.0, 5.0), TableObject("blue", "ball", 3.0, 4.0),
+                           TableObject("blue", "ring", 0.0, -2.0)), {"action": "reach", "color": "red", "shape": "cube"})
+
+
+def reach(color, shape, text="go to it"):
+    return Sentence(text, "reach", {"action": "reach", "color": color, "shape": shape})
+
+
+def test_questions_say_what_they_ask_and_other_sentences_ask_nothing(sentences):
+    for s in sentences:
+        assert (s.query is not None) == (s.kind == "question"), s.text
+
+
+def test_reaching_an_object_on_the_table_names_it_in_reply_and_goal():
+    assert answer(reach("red", "cube"), TABLE) == {
+        "reply": "Going to the red cube.", "goal": {"action": "reach", "color": "red", "shape": "cube"}}
+
+
+def test_an_object_not_on_the_table_gets_a_reply_saying_so_and_no_goal():
+    assert answer(reach("green", "ball"), TABLE) == {"reply": "There is no green ball on the table.", "goal": None}
+    assert answer(reach("yellow", None), TABLE) == {"reply": "There is no yellow one on the table.", "goal": None}
+
+
+def test_a_colour_or_shape_alone_reaches_the_one_object_that_fits_and_asks_when_two_do():
+    assert answer(reach(None, "ball"), TABLE)["goal"] == {"action": "reach", "color": "blue", "shape": "ball"}
+    assert answer(reach("blue", None), TABLE) == {"reply": "Which one? I see a blue ball and a blue ring.", "goal": None}
+
+
+def test_questions_are_answered_from_the_table():
+    def asked(**query):
+        return answer(Sentence("?", "question", None, query), TABLE)
+
+    assert asked(ask="distance", color="blue", shape="ball") == {"reply": "The blue ball is five steps away.", "goal": None}
+    assert asked(ask="where", color="red", shape="cube")["reply"] == "The red cube is in the top left corner."
+    assert asked(ask="objects")["reply"] == "I see a red cube, a blue ball and a blue ring."
+    assert asked(ask="doing")["reply"] == "I am going to the red cube."
+    assert asked(ask="exists", color="green", shape="ring")["reply"] == "There is no green ring on the table."
+    assert asked(ask="compare", color="blue", shape="ring", relation="less than", steps=3)["reply"] == \
+        "Yes, the blue ring is two steps away."
+
+
+def test_the_context_names_every_object_with_its_region_and_distance_in_words():
+    assert table_context(TABLE) == ("gripper centre, going to the red cube. red cube top left, eight; "
+                                    "blue ball top right, five; blue ring centre, two.")
+    assert region_of(-6, 5) == "top_left" and region_of(0, -2) == "centre" and region_of(7, 0) == "right"
+
+
+def test_a_table_map_gives_the_context_of_the_table_it_describes():
+    assert context_text(TABLE.to_state()) == table_context(TABLE)
+
+
+@pytest.mark.parametrize("state", [{"objects": [{"color": "pink", "shape": "cube", "x": 0, "y": 0}]},
+                                   {"gripper": [0]}, {"objects": "red cube"}, {"table": []},
+                                   {"objects": [{"color": "red", "shape": "cube", "x": 0, "y": 0}] * 2}])
+def test_a_map_that_is_no_table_is_refused_saying_why(state):
+    with pytest.raises(ValueError):
+        context_text(state)
