@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -103,6 +104,10 @@ def main(args: argparse.Namespace) -> int:
         print("headway ray serve: --remote-executor serves --model models (a plug-in policy runs in replica mode)",
               file=sys.stderr)
         return 2
+    # Ray's proxy prefers the replicas on its own node until they are full; a session is a
+    # request, so every session would land there. Spread them (a cluster that 'ray start'
+    # made needs this variable set where it started: docs/scale-out.md).
+    os.environ.setdefault("RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING", "0")
     ray.init(address=args.address, num_cpus=args.num_cpus if args.address is None else None,
              include_dashboard=False, logging_level=logging.WARNING)
     start_serve(args)
