@@ -56,8 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--remote-executor", action="store_true",
                         help="run the first model's batched call in a separate deployment (docs/scale-out.md)")
     parser.add_argument("--executor-replicas", type=int, default=1, help="default %(default)s")
-    parser.add_argument("--executor-wait-ms", type=float, default=2.0,
-                        help="how long the executor deployment waits to merge batches (default %(default)s)")
+    parser.add_argument("--executor-hold-ms", type=float, default=20.0,
+                        help="longest a free executor waits for every replica's batch to merge them (default %(default)s)")
     parser.add_argument("--address", default=None,
                         help="Ray cluster to join ('auto': the one 'ray start' made; default: start a local one)")
     parser.add_argument("--num-cpus", type=float, default=None, help="CPUs of the local Ray instance")

@@ -172,6 +172,18 @@ def test_robot_sessions_spread_over_both_replicas_and_resume_on_the_live_one_whe
     assert wait_for(lambda: running_replicas() == 2)  # Ray replaces the dead replica
 
 
+def test_the_remote_executor_deployment_answers_the_sessions_of_both_ingress_replicas(two_replicas):
+    ray_serve.run_app(ray_args("--replicas", "2", "--remote-executor", port=two_replicas))
+    policies = [WebsocketClientPolicy("127.0.0.1", two_replicas) for _ in range(4)]
+    assert all(n >= 1 for n in sessions_per_replica().values()) and len(sessions_per_replica()) == 2
+    for round_ in range(3):
+        for i, policy in enumerate(policies):
+            state = state_for(10 * i + round_)
+            assert np.allclose(policy.infer({"state": state})["actions"], standin_actions(state[None])[0])
+    executor = serve.get_deployment_handle("HeadwayExecutor", app_name="headway")
+    assert sum(executor.stats.remote().result()["batch_sizes"]) == 12  # every request ran there
+
+
 def test_a_rolling_update_drains_its_sessions_with_1001_before_the_replicas_stop(two_replicas):
     with connect(f"ws://127.0.0.1:{two_replicas}/") as ws:
         wire.unpackb(ws.recv())  # metadata
