@@ -112,6 +112,18 @@ class ConstantRobot:
         self.applied.append(np.array(action))
 
 
+def test_a_replica_takes_as_many_sockets_as_sessions_and_autoscales_on_open_sessions():
+    from stream.ray_deploy import replica_options
+
+    options = replica_options(ray_args("--capacity", "100", "--autoscale", "1..4", "--target-sessions", "32", port=1))
+    assert options["max_ongoing_requests"] >= 100  # Ray's default of 5 would cap a replica at 5 sockets
+    scaling = options["autoscaling_config"]
+    assert (scaling["min_replicas"], scaling["max_replicas"], scaling["target_ongoing_requests"]) == (1, 4, 32)
+    assert ray_serve.autoscale_range("2..2") == (2, 2)
+    with pytest.raises(argparse.ArgumentTypeError):
+        ray_serve.autoscale_range("3..1")
+
+
 def test_openpi_client_through_the_ray_ingress_gets_the_chunk_for_its_state(two_replicas):
     policy = WebsocketClientPolicy("127.0.0.1", two_replicas)
     assert policy.get_server_metadata()["action_horizon"] == 50
