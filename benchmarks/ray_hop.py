@@ -32,7 +32,8 @@ SUMMARY = "Ray Serve: ingress hop cost, remote executor batching, failover (JSON
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("mode", choices=("hop", "remote", "failover"))
+    parser.add_argument("mode", choices=("hop", "remote", "failover"),
+                        help="hop: ingress cost; remote: remote executor batching; failover: a replica killed")
     parser.add_argument("--clients", type=int, default=64, help="load sessions (default %(default)s)")
     parser.add_argument("--rate", type=float, default=10.0, help="requests/s per session (default %(default)s)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of schedule (default %(default)s)")

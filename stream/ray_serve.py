@@ -49,13 +49,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="open sessions per replica autoscaling aims at (default %(default)s)")
     parser.add_argument("--autoscale-interval-s", type=float, default=1.0,
                         help="how often replicas report their sessions (default %(default)s)")
-    parser.add_argument("--upscale-delay-s", type=float, default=5.0, help="default %(default)s")
-    parser.add_argument("--downscale-delay-s", type=float, default=30.0, help="default %(default)s")
+    parser.add_argument("--upscale-delay-s", type=float, default=5.0,
+                        help="sessions above the target this long add a replica (default %(default)s)")
+    parser.add_argument("--downscale-delay-s", type=float, default=30.0,
+                        help="sessions below the target this long remove a replica (default %(default)s)")
     parser.add_argument("--drain-timeout-s", type=float, default=30.0,
                         help="how long a stopping replica waits for its sessions to close (default %(default)s)")
     parser.add_argument("--remote-executor", action="store_true",
                         help="run the first model's batched call in a separate deployment (docs/scale-out.md)")
-    parser.add_argument("--executor-replicas", type=int, default=1, help="default %(default)s")
+    parser.add_argument("--executor-replicas", type=int, default=1,
+                        help="replicas of the executor deployment (default %(default)s)")
     parser.add_argument("--executor-hold-ms", type=float, default=20.0,
                         help="longest a free executor waits for every replica's batch to merge them (default %(default)s)")
     parser.add_argument("--address", default=None,
