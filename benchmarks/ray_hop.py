@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="remote: longest a free executor waits for every replica's batch to merge them (default %(default)s)")
     parser.add_argument("--port", type=int, default=8765, help="Ray's ingress port (default %(default)s)")
     parser.add_argument("--address", default=None, help="Ray cluster to use (default: start a local one)")
+    parser.add_argument("--haproxy", action="store_true",
+                        help="Ray Serve's HAProxy ingress instead of its Python proxy (RAY_SERVE_ENABLE_HA_PROXY=1)")
     parser.add_argument("--num-cpus", type=float, default=2, help="CPUs of the local Ray instance (default %(default)s)")
 
 
@@ -99,6 +101,8 @@ def _start_ray(args: argparse.Namespace):
     from stream import ray_serve
 
     os.environ.setdefault("RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING", "0")
+    if args.haproxy:
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
     ray.init(address=args.address, num_cpus=None if args.address else args.num_cpus, include_dashboard=False,
              logging_level="ERROR")
     ray_serve.start_serve(_ray_args(args))
@@ -123,7 +127,7 @@ def hop(args: argparse.Namespace) -> dict:
         via_ray = _load(f"ws://127.0.0.1:{args.port}/", args)
     finally:
         _stop_ray()
-    return {"mode": "hop", "standin_ms": args.standin_ms, "clients": args.clients, "rate": args.rate,
+    return {"mode": "hop", "proxy": "haproxy" if args.haproxy else "python", "standin_ms": args.standin_ms, "clients": args.clients, "rate": args.rate,
             "direct": _brief(direct), "ray_1_replica": _brief(via_ray),
             "hop_ratio_p50": round(via_ray["p50_ms"] / direct["p50_ms"], 2),
             "hop_ratio_p99": round(via_ray["p99_ms"] / direct["p99_ms"], 2),

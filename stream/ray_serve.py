@@ -64,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None,
                         help="Ray cluster to join ('auto': the one 'ray start' made; default: start a local one)")
     parser.add_argument("--num-cpus", type=float, default=None, help="CPUs of the local Ray instance")
+    parser.add_argument("--haproxy", action="store_true",
+                        help="the local Ray instance's ingress is HAProxy, not Ray's Python proxy "
+                             "(RAY_SERVE_ENABLE_HA_PROXY=1; on a 'ray start' cluster set it where you start)")
     parser.add_argument("--replica-cpus", type=float, default=0.5,
                         help="CPUs Ray reserves per replica (default %(default)s)")
     parser.add_argument("--replica-resource", default=None,
@@ -111,6 +114,8 @@ def main(args: argparse.Namespace) -> int:
     # request, so every session would land there. Spread them (a cluster that 'ray start'
     # made needs this variable set where it started: docs/scale-out.md).
     os.environ.setdefault("RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING", "0")
+    if args.haproxy:
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
     ray.init(address=args.address, num_cpus=args.num_cpus if args.address is None else None,
              include_dashboard=False, logging_level=logging.WARNING)
     start_serve(args)
