@@ -228,6 +228,7 @@ def failover(args: argparse.Namespace) -> dict:
                 "robots_moved": len(moved), "robots_resumed": len(resume), "resume_s": resume,
                 "resume_s_max": max(resume) if resume else None,
                 "late_replies_dropped": sum(loop.stats.late_replies_dropped for loop in loops),
+                "link_replies_dropped": sum(link.replies_dropped for link in links),
                 "failures": sum(loop.stats.failures for loop in loops),
                 "timeouts": sum(loop.stats.timeouts for loop in loops),
                 "underruns": sum(loop.stats.underruns for loop in loops)}

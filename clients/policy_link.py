@@ -76,7 +76,8 @@ class WebsocketPolicyLink:
     ``wait_ready(timeout)`` blocks until the first ``ready`` and returns the model metadata,
     or raises the refusal that ended the link (see the module docstring), or ``TimeoutError``
     naming the last failed attempt. Counters: ``connects``, ``errors`` (error messages
-    received), ``last_error``.
+    received), ``replies_dropped`` (replies from a connection no longer current: never
+    delivered), ``last_error``.
     """
 
     def __init__(
@@ -97,6 +98,7 @@ class WebsocketPolicyLink:
         self.metadata: dict[str, Any] | None = None
         self.connects = 0
         self.errors = 0
+        self.replies_dropped = 0  # replies that came on a connection abandoned or ended: never delivered
         self.last_error: dict[str, Any] | None = None
         self._replies: deque[ChunkReply | RequestFailed] = deque()
         self._ready = threading.Event()
@@ -183,6 +185,8 @@ class WebsocketPolicyLink:
     def _deliver(self, epoch: int, reply: ChunkReply | RequestFailed) -> None:
         if epoch == self._epoch:
             self._replies.append(reply)
+        else:
+            self.replies_dropped += 1
 
     async def _run(self) -> None:
         delay = self.backoff_s[0]
