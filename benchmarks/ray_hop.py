@@ -190,11 +190,11 @@ def failover(args: argparse.Namespace) -> dict:
     try:
         ray_serve.run_app(_ray_args(args, "--replicas", "2"))
         url = f"ws://127.0.0.1:{args.port}/v1/policy"
-        links = [WebsocketPolicyLink(url, {"strategy": "rtc", "control_hz": 50}, backoff_s=(0.05, 0.2))
-                 for _ in range(args.robots)]
+        links = []
+        for _ in range(args.robots):  # one at a time: Ray's router sees each replica's sessions
+            links.append(WebsocketPolicyLink(url, {"strategy": "rtc", "control_hz": 50}, backoff_s=(0.05, 0.2)))
+            links[-1].wait_ready(60)
         loops = [RobotLoop(Robot(i), link, 14, hz=50) for i, link in enumerate(links)]
-        for link in links:
-            link.wait_ready(60)
         stop = threading.Event()
         runner = threading.Thread(target=run_loops, args=(loops, None, stop), daemon=True)
         runner.start()

@@ -144,12 +144,12 @@ def test_healthz_and_metrics_answer_through_the_ingress(two_replicas):
 def test_robot_sessions_spread_over_both_replicas_and_resume_on_the_live_one_when_one_is_killed(two_replicas):
     url = f"ws://127.0.0.1:{two_replicas}/v1/policy"
     robots = [ConstantRobot(i) for i in range(4)]
-    links = [WebsocketPolicyLink(url, {"strategy": "rtc", "control_hz": 50}, backoff_s=(0.05, 0.2))
-             for _ in robots]
+    links = []
+    for _ in robots:  # one at a time, so Ray's router sees each replica's sessions when it picks
+        links.append(WebsocketPolicyLink(url, {"strategy": "rtc", "control_hz": 50}, backoff_s=(0.05, 0.2)))
+        links[-1].wait_ready(60)
     loops = [RobotLoop(robot, link, 14, hz=50) for robot, link in zip(robots, links)]
     try:
-        for link in links:
-            link.wait_ready(60)
         for loop in loops:
             loop.start()
         assert wait_for(lambda: all(loop.stats.chunks >= 2 for loop in loops))
