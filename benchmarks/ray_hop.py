@@ -103,7 +103,8 @@ def _start_ray(args: argparse.Namespace):
     os.environ.setdefault("RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING", "0")
     if args.haproxy:
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
-    ray.init(address=args.address, num_cpus=None if args.address else args.num_cpus, include_dashboard=False,
+    ray.init(address=args.address or "local",  # local: a new instance, never one found running
+             num_cpus=None if args.address else args.num_cpus, include_dashboard=False,
              logging_level="ERROR")
     ray_serve.start_serve(_ray_args(args))
 

@@ -116,7 +116,8 @@ def main(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING", "0")
     if args.haproxy:
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
-    ray.init(address=args.address, num_cpus=args.num_cpus if args.address is None else None,
+    ray.init(address=args.address or "local",  # local: a new instance, never one found running
+             num_cpus=args.num_cpus if args.address is None else None,
              include_dashboard=False, logging_level=logging.WARNING)
     start_serve(args)
     run_app(args)
@@ -126,7 +127,8 @@ def main(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    while not stop.wait(0.5):  # a timeout, so that the signal handlers run promptly
+        pass
     serve.delete(APP_NAME)  # Ray stops the replicas; each drains its sessions with 1001
     serve.shutdown()
     ray.shutdown()
