@@ -22,7 +22,7 @@ system-deps:
 $(STAMP): pyproject.toml | system-deps
 	@test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -U pip
-	$(VENV)/bin/pip install -q -e '.[test,lerobot]'
+	$(VENV)/bin/pip install -q -e '.[test,lerobot,ray]'
 	@touch $(STAMP)
 
 install: $(STAMP)

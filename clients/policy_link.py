@@ -3,9 +3,12 @@
 The robot loop must never wait on the network, so every link's socket lives on one shared
 background event loop (``LinkHub``); ``request``/``poll``/``abandon`` only hand work to it
 and read what it left. The link reconnects with exponential backoff whenever the
-connection drops (server restart, ``abandon``), and says ``hello`` again on every new
-connection. Replies are tagged with the connection they came on: one from a connection the
-loop abandoned is discarded, never executed.
+connection drops (server restart, a replica gone, ``abandon``), and says ``hello`` again on
+every new connection. Replies are tagged with the connection they came on: one from a
+connection the loop abandoned or the server ended is discarded, never executed. A request
+that the server's end of a connection took with it (sent and unanswered, or handed over
+while disconnected) is answered ``RequestFailed(code="connection_lost")`` as soon as the next
+connection is ready, so the loop asks again at once instead of waiting out its timeout.
 
 A refusal that retrying cannot mend ends the link, and ``wait_ready`` raises it at once:
 :class:`clients.sdk.HandshakeRefused` (an HTTP answer to the handshake other than 502-504:
@@ -73,7 +76,8 @@ class WebsocketPolicyLink:
     ``wait_ready(timeout)`` blocks until the first ``ready`` and returns the model metadata,
     or raises the refusal that ended the link (see the module docstring), or ``TimeoutError``
     naming the last failed attempt. Counters: ``connects``, ``errors`` (error messages
-    received), ``last_error``.
+    received), ``replies_dropped`` (replies from a connection no longer current: never
+    delivered), ``last_error``.
     """
 
     def __init__(
@@ -94,12 +98,15 @@ class WebsocketPolicyLink:
         self.metadata: dict[str, Any] | None = None
         self.connects = 0
         self.errors = 0
+        self.replies_dropped = 0  # replies that came on a connection abandoned or ended: never delivered
         self.last_error: dict[str, Any] | None = None
         self._replies: deque[ChunkReply | RequestFailed] = deque()
         self._ready = threading.Event()
         self._ws = None
         self._epoch = 0
         self._last_sent: tuple[int, int] | None = None  # (request id, epoch) of the last request sent
+        self._last_answered: int | None = None  # request id of the last reply received
+        self._lost: int | None = None  # a request the connection's end took with it, failed on reconnect
         self._closed = False
         self._fatal: BaseException | None = None
         self._last_failure: str | None = None  # why the last connection attempt failed
@@ -145,8 +152,9 @@ class WebsocketPolicyLink:
 
     def _send_soon(self, request_id: int, frame: bytes) -> None:
         ws = self._ws
-        if ws is None:
-            return  # not connected: the loop's timeout asks again once we are back
+        if ws is None:  # not connected: failed once we are back, so the loop asks again
+            self._lost = request_id
+            return
         self._last_sent = (request_id, self._epoch)
         if self.inject_s:
             self.hub.loop.call_later(self.inject_s / 2, self._send_now, ws, frame)
@@ -177,6 +185,8 @@ class WebsocketPolicyLink:
     def _deliver(self, epoch: int, reply: ChunkReply | RequestFailed) -> None:
         if epoch == self._epoch:
             self._replies.append(reply)
+        else:
+            self.replies_dropped += 1
 
     async def _run(self) -> None:
         delay = self.backoff_s[0]
@@ -195,6 +205,9 @@ class WebsocketPolicyLink:
                     self._last_failure = None
                     self._ready.set()
                     delay = self.backoff_s[0]
+                    if self._lost is not None:
+                        self._deliver(epoch, RequestFailed(self._lost, "connection_lost"))
+                        self._lost = None
                     async for frame in ws:  # errors come as JSON text frames, chunks as binary
                         self._on_message(epoch, unpackb(frame) if isinstance(frame, bytes) else json.loads(frame))
                         if self._ws is not ws:
@@ -212,6 +225,11 @@ class WebsocketPolicyLink:
             except (OSError, ConnectionClosed, InvalidHandshake, asyncio.TimeoutError, ValueError) as exc:
                 self._last_failure = f"{type(exc).__name__}: {exc}"
             finally:
+                if self._ws is not None:  # the server's end (``_drop_connection`` clears _ws itself)
+                    sent = self._last_sent
+                    if sent is not None and sent[1] == self._epoch and sent[0] != self._last_answered:
+                        self._lost = sent[0]
+                    self._epoch += 1  # nothing more from that connection is delivered
                 self._ws = None
             if self._closed:
                 return
@@ -221,6 +239,8 @@ class WebsocketPolicyLink:
     def _on_message(self, epoch: int, message: Any) -> None:
         if not isinstance(message, dict):
             return
+        if isinstance(message.get("request_id"), int):
+            self._last_answered = message["request_id"]
         if message.get("type") == "chunk":
             reply = ChunkReply(
                 request_id=int(message["request_id"]),

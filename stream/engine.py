@@ -347,6 +347,8 @@ class Engine:
         else:
             try:
                 outputs = self.host.call(message)
+            except ProtocolError as exc:  # a remote host's answer for the whole batch (deadline_exceeded)
+                error = exc
             except Exception:
                 log.exception("model %s failed on a batch of %d", self.name, len(items))
                 error = ProtocolError("internal", "the model failed on this batch")

@@ -40,14 +40,14 @@ import socket
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Sequence
+from typing import Any, Callable, Sequence
 from urllib.parse import parse_qs
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from stream.engine import Engine
-from stream.hosts import InProcessHost, ProcessHost
+from stream.hosts import ExecutorHost, InProcessHost, ProcessHost
 from stream.metrics import CONTENT_TYPE, ServerMetrics
 from stream.registry import LoadedModel
 from stream.session_protocols import ROUTES
@@ -111,10 +111,16 @@ class HeadwayServer:
 
     ``await start()`` binds and starts the engines; ``await drain()`` shuts down
     gracefully; ``await wait_closed()`` returns after a drain has finished.
+
+    The transport-neutral part -- :meth:`start_engines`, :meth:`handshake_refusal`,
+    :meth:`run_session`, :meth:`metrics_text` -- is what another transport (the ASGI adapter,
+    :mod:`stream.asgi`) builds on. ``host_for(model)`` chooses each model's executor host
+    (default: ``config.executor_host``), e.g. a Ray Serve deployment (:mod:`stream.ray_deploy`).
     """
 
     def __init__(self, models: Sequence[LoadedModel], config: ServerConfig | None = None,
-                 metrics: ServerMetrics | None = None):
+                 metrics: ServerMetrics | None = None,
+                 host_for: Callable[[LoadedModel], ExecutorHost] | None = None):
         if not models:
             raise ValueError("serve at least one model")
         self.config = config or ServerConfig()
@@ -126,7 +132,8 @@ class HeadwayServer:
             if model.name in self.served:
                 raise ValueError(f"model {model.name!r} loaded twice; give one an alias")
             host_type = ProcessHost if self.config.executor_host == "process" else InProcessHost
-            engine = Engine(model.name, host_type(model.executor_spec), max_batch_size=model.max_batch_size,
+            host = host_for(model) if host_for is not None else host_type(model.executor_spec)
+            engine = Engine(model.name, host, max_batch_size=model.max_batch_size,
                             slots=model.slots, capacity=self.config.capacity, max_queue=self.config.max_queue,
                             batch_window_s=self.config.batch_window_s, margin_s=self.config.margin_s,
                             latency_prior_s=model.latency_prior_s, cost_of=model.cost_of,
@@ -145,12 +152,16 @@ class HeadwayServer:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start_engines(self) -> None:
+        """Start every engine on the running loop; return once each model is loaded and warm."""
         loop = asyncio.get_running_loop()
         for served in self.served.values():
             served.engine.start(loop)
         for served in self.served.values():  # loaded and warm before the first client
             await served.engine.ready()
+
+    async def start(self) -> None:
+        await self.start_engines()
         c = self.config
         origins = None if "*" in c.allowed_origins else [None, *c.allowed_origins]
         self._ws_server = await serve(
@@ -202,14 +213,19 @@ class HeadwayServer:
     # -- HTTP side of the handshake -------------------------------------------------------
 
     def _authorized(self, request: Request) -> bool:
+        return self.authorized(request.headers, request.path)
+
+    def authorized(self, headers: Any, raw_path: str = "") -> bool:
+        """Whether ``headers`` (any case-insensitive mapping), or the query of ``raw_path``, carry
+        the token, if one is set."""
         token = self.config.token
         if not token:
             return True
         # moshi-server's ways (its clients send them): a kyutai-api-key header, or ?auth_id=
-        kyutai = request.headers.get("kyutai-api-key") or parse_qs(request.path.partition("?")[2]).get("auth_id", [""])[-1]
+        kyutai = headers.get("kyutai-api-key") or parse_qs(raw_path.partition("?")[2]).get("auth_id", [""])[-1]
         if kyutai:
             return hmac.compare_digest(kyutai.strip().encode(), token.encode())
-        header = request.headers.get("Authorization", "")
+        header = headers.get("Authorization", "")
         scheme, _, value = header.partition(" ")
         if scheme.lower() not in ("bearer", "api-key"):
             return False
@@ -242,22 +258,31 @@ class HeadwayServer:
                 raise ValueError(f"budget_ms must be in (0, {self.config.max_budget_s * 1000:.0f}]")
         return path, served, budget_s
 
+    def handshake_refusal(self, raw_path: str, headers: Any) -> tuple[HTTPStatus, str] | None:
+        """Why a websocket handshake for ``raw_path`` is refused (status, body), or None to accept."""
+        path = canonical_path(raw_path)
+        if path not in self.routes:
+            return HTTPStatus.NOT_FOUND, not_found_message(raw_path.partition("?")[0], list(self.routes))
+        if not self.authorized(headers, raw_path):
+            return HTTPStatus.UNAUTHORIZED, "missing or wrong token\n"
+        if self.draining:
+            return HTTPStatus.SERVICE_UNAVAILABLE, "server is shutting down\n"
+        try:
+            self._session_options(raw_path)
+        except ValueError as exc:
+            return HTTPStatus.BAD_REQUEST, f"{exc}\n"
+        return None
+
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = canonical_path(request.path)
         if path in HTTP_ROUTES:
             return HTTP_ROUTES[path](self, connection, request)
-        if path not in self.routes:
-            return connection.respond(HTTPStatus.NOT_FOUND,
-                                      not_found_message(request.path.partition("?")[0], list(self.routes)))
-        if not self._authorized(request):
+        refusal = self.handshake_refusal(request.path, request.headers)
+        if refusal is None:
+            return None
+        if refusal[0] == HTTPStatus.UNAUTHORIZED:
             return self._unauthorized(connection)
-        if self.draining:
-            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "server is shutting down\n")
-        try:
-            self._session_options(request.path)
-        except ValueError as exc:
-            return connection.respond(HTTPStatus.BAD_REQUEST, f"{exc}\n")
-        return None
+        return connection.respond(*refusal)
 
     def _healthz(self, connection: ServerConnection, request: Request) -> Response:
         if self.draining:
@@ -267,11 +292,15 @@ class HeadwayServer:
     def _metrics(self, connection: ServerConnection, request: Request) -> Response:
         if not self._authorized(request):
             return self._unauthorized(connection)
-        for served in self.served.values():
-            self.metrics.queue_depth.labels(served.model.name).set(served.engine.queue_depth)
-        response = connection.respond(HTTPStatus.OK, self.metrics.render().decode())
+        response = connection.respond(HTTPStatus.OK, self.metrics_text())
         response.headers["Content-Type"] = CONTENT_TYPE
         return response
+
+    def metrics_text(self) -> str:
+        """The Prometheus text of this server (queue depths read now)."""
+        for served in self.served.values():
+            self.metrics.queue_depth.labels(served.model.name).set(served.engine.queue_depth)
+        return self.metrics.render().decode()
 
     @staticmethod
     def _unauthorized(connection: ServerConnection) -> Response:
@@ -282,10 +311,16 @@ class HeadwayServer:
     # -- websocket side -------------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
-        route, served, budget_s = self._session_options(ws.request.path)
         sock = ws.transport.get_extra_info("socket")
         if self.config.socket_send_buffer and sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.socket_send_buffer)
+        await self.run_session(ws, ws.request.path)
+
+    async def run_session(self, ws: Any, raw_path: str) -> None:
+        """Serve one accepted connection at ``raw_path`` until it ends. ``ws`` is the
+        transport's socket: ``recv()``, ``send(frame)``, ``close(code, reason)``, raising
+        websockets' ``ConnectionClosed`` once closed (the ASGI adapter translates)."""
+        route, served, budget_s = self._session_options(raw_path)
         protocol = self.routes[route](served.model, budget_s=budget_s, max_pending=self.config.max_pending)
         session = SessionPump(ws, protocol, served, self.metrics)
         self.sessions.add(session)

@@ -7,7 +7,8 @@ the protocol from the future's done-callback, on the loop), ``CancelQueued``
 (``engine.cancel_queued``), ``Close``. It admits the session
 with the engine first (a refusal is answered by the protocol: ``at_capacity``, 1013), stops
 reading while the protocol is ``paused`` (TCP pushes back on the client), and keeps the
-metrics. Another transport (an ASGI websocket) needs only another pump of this size.
+metrics. Another transport needs only a socket with ``recv``/``send``/``close`` that raises
+websockets' ``ConnectionClosed`` (the ASGI adapter, :class:`stream.asgi.AsgiSocket`).
 """
 
 from __future__ import annotations

@@ -20,17 +20,27 @@ def standin(ms: float = 0.0, alias: str | None = None, max_batch: int = 64) -> r
     return registry.load("standin", registry.ModelOptions(standin_ms=ms, max_batch_size=max_batch), alias=alias)
 
 
+TRANSPORTS = ("websockets", "asgi")
+
+
 class ServerThread:
     """``with ServerThread([standin(5)], ServerConfig(...)) as s: s.url`` -- a running server.
 
     The port is chosen by the OS. Leaving the block drains the server (as SIGTERM does).
+    ``transport="asgi"`` serves the same server through the ASGI adapter (stream/asgi.py) on
+    uvicorn instead of the websockets server.
     """
 
     def __init__(self, models: list[registry.LoadedModel] | None = None, config: ServerConfig | None = None,
-                 port: int = 0):
+                 port: int = 0, transport: str = "websockets"):
+        assert transport in TRANSPORTS, transport
+        self.transport = transport
         self.models = models or [standin()]
         self.config = replace(config or ServerConfig(), port=port)
         self.server: HeadwayServer | None = None
+        self._asgi = None
+        self._uvicorn = None
+        self._asgi_port = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -42,6 +52,9 @@ class ServerThread:
         async def main() -> None:
             self.loop = asyncio.get_running_loop()
             self.server = HeadwayServer(self.models, self.config)
+            if self.transport == "asgi":
+                await self._serve_asgi()
+                return
             await self.server.start()
             self._ready.set()
             await self.server.wait_closed()
@@ -52,6 +65,24 @@ class ServerThread:
         except BaseException as exc:  # surfaced by __enter__
             self._error = exc
             self._ready.set()
+
+    async def _serve_asgi(self) -> None:
+        import uvicorn
+
+        from stream.asgi import starlette_app, uvicorn_config
+
+        app = starlette_app(self.server)
+        self._asgi = app.state.headway
+        self._uvicorn = uvicorn.Server(uvicorn_config(app, self.config.host, self.config.port, self.server))
+        task = asyncio.create_task(self._uvicorn.serve())
+        while not self._uvicorn.started and not task.done():
+            await asyncio.sleep(0.01)
+        if task.done():
+            task.result()
+            raise RuntimeError("uvicorn did not start")
+        self._asgi_port = self._uvicorn.servers[0].sockets[0].getsockname()[1]
+        self._ready.set()
+        await task
 
     def __enter__(self) -> "ServerThread":
         self._thread.start()
@@ -65,7 +96,11 @@ class ServerThread:
 
     def drain(self, timeout: float = 10) -> None:
         if self._thread.is_alive() and self.loop is not None and self.server is not None:
-            asyncio.run_coroutine_threadsafe(self.server.drain(), self.loop).result(timeout)
+            if self.transport == "asgi":  # sessions close with 1001 first, then uvicorn stops
+                asyncio.run_coroutine_threadsafe(self._asgi.drain(), self.loop).result(timeout)
+                self._uvicorn.should_exit = True
+            else:
+                asyncio.run_coroutine_threadsafe(self.server.drain(), self.loop).result(timeout)
         self._thread.join(timeout)
 
     def call(self, function, timeout: float = 5):
@@ -77,7 +112,7 @@ class ServerThread:
     @property
     def port(self) -> int:
         assert self.server is not None
-        return self.server.port
+        return self._asgi_port if self.transport == "asgi" else self.server.port
 
     @property
     def url(self) -> str:

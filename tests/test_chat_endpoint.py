@@ -10,7 +10,7 @@ from websockets.asyncio.client import connect
 
 from clients.chat import ChatClient
 from clients.sdk import HandshakeRefused, ServerError
-from server_harness import ServerThread, standin
+from server_harness import TRANSPORTS, ServerThread, standin
 from stream import registry, wire
 from stream.server import ServerConfig
 from tiny_llms import tiny_llm
@@ -20,9 +20,10 @@ def chat_model(slots: int = 2) -> registry.LoadedModel:
     return registry.load(f"llm:{tiny_llm()}", registry.ModelOptions(chat_slots=slots, prefill_slice=8))
 
 
-@pytest.fixture(scope="module")
-def server():
-    with ServerThread([standin(0), chat_model()]) as running:
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def server(request):
+    """The websockets server, then the same server through the ASGI adapter."""
+    with ServerThread([standin(0), chat_model()], transport=request.param) as running:
         yield running
 
 

@@ -12,7 +12,7 @@ from websockets.exceptions import InvalidStatus
 from stream import wire
 from clients.policy_link import WebsocketPolicyLink
 from clients.sdk import HandshakeRefused, PolicyClient, SyncPolicyClient
-from server_harness import ServerThread
+from server_harness import TRANSPORTS, ServerThread
 from stream.server import HTTP_ROUTES, ROUTES, ServerConfig
 
 
@@ -24,9 +24,10 @@ def http_get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-@pytest.fixture(scope="module")
-def server():
-    with ServerThread() as running:
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def server(request):
+    """The websockets server, then the same server through the ASGI adapter."""
+    with ServerThread(transport=request.param) as running:
         yield running
 
 

@@ -13,11 +13,17 @@ from openpi_client.action_chunk_broker import ActionChunkBroker
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
 from policies.standin import standin_actions
-from server_harness import ServerThread, state_for
+from server_harness import TRANSPORTS, ServerThread, state_for
 
 pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used:DeprecationWarning")
 from stream import serve
 from stream.server import ServerConfig
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request) -> str:
+    """Each test runs against the websockets server and through the ASGI adapter."""
+    return request.param
 
 
 def serve_args(*argv: str) -> tuple[list, ServerConfig]:
@@ -27,9 +33,9 @@ def serve_args(*argv: str) -> tuple[list, ServerConfig]:
     return serve.load_models(args), serve.config_from_args(args)
 
 
-def test_websocket_client_policy_reads_metadata_and_gets_correct_chunks():
+def test_websocket_client_policy_reads_metadata_and_gets_correct_chunks(transport):
     models, config = serve_args()
-    with ServerThread(models, config) as server:
+    with ServerThread(models, config, transport=transport) as server:
         policy = WebsocketClientPolicy("127.0.0.1", server.port)
         metadata = policy.get_server_metadata()
         assert (metadata["action_horizon"], metadata["action_dim"]) == (50, 14)
@@ -40,9 +46,9 @@ def test_websocket_client_policy_reads_metadata_and_gets_correct_chunks():
             assert reply["server_timing"]["infer_ms"] >= 0
 
 
-def test_action_chunk_broker_steps_through_each_chunk_and_refetches():
+def test_action_chunk_broker_steps_through_each_chunk_and_refetches(transport):
     models, config = serve_args()
-    with ServerThread(models, config) as server:
+    with ServerThread(models, config, transport=transport) as server:
         broker = ActionChunkBroker(WebsocketClientPolicy("127.0.0.1", server.port), action_horizon=10)
         steps = [broker.infer({"state": state_for(k // 10)})["actions"] for k in range(25)]
     for k, action in enumerate(steps):
@@ -50,18 +56,18 @@ def test_action_chunk_broker_steps_through_each_chunk_and_refetches():
         assert np.allclose(action, chunk[k % 10])
 
 
-def test_openpi_api_key_authenticates_and_errors_arrive_as_runtime_errors():
+def test_openpi_api_key_authenticates_and_errors_arrive_as_runtime_errors(transport):
     models, config = serve_args("--token", "k3y")
-    with ServerThread(models, config) as server:
+    with ServerThread(models, config, transport=transport) as server:
         policy = WebsocketClientPolicy("127.0.0.1", server.port, api_key="k3y")
         assert policy.infer({"state": state_for(0)})["actions"].shape == (50, 14)
         with pytest.raises(RuntimeError, match="not_finite"):
             policy.infer({"state": np.full(14, np.nan, np.float32)})
 
 
-def test_openpi_observation_with_images_and_prompt():
+def test_openpi_observation_with_images_and_prompt(transport):
     models, config = serve_args()
-    with ServerThread(models, config) as server:
+    with ServerThread(models, config, transport=transport) as server:
         policy = WebsocketClientPolicy("127.0.0.1", server.port)
         obs = {"state": state_for(5), "prompt": "fold the towel",
                "images": {"cam_high": np.zeros((224, 224, 3), np.uint8),
@@ -69,11 +75,11 @@ def test_openpi_observation_with_images_and_prompt():
         assert np.allclose(policy.infer(obs)["actions"], standin_actions(state_for(5)[None])[0])
 
 
-def test_concurrent_openpi_clients_batched_together_each_get_the_chunk_for_their_own_state():
+def test_concurrent_openpi_clients_batched_together_each_get_the_chunk_for_their_own_state(transport):
     # Later flags win: a call long enough for the others to queue behind, and a budget they all make.
     models, config = serve_args("--standin-ms", "50", "--budget-ms", "2000")
     clients, rounds = 4, 4
-    with ServerThread(models, config) as server:
+    with ServerThread(models, config, transport=transport) as server:
         policies = [WebsocketClientPolicy("127.0.0.1", server.port) for _ in range(clients)]
         start = threading.Barrier(clients)
 
