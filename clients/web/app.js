@@ -427,7 +427,7 @@ async function main() {
   H.info.asr = endpoints.has("/v1/asr");
   H.info.tts = endpoints.has("/v1/tts");
   const policies = H.info.models.filter((m) => m.endpoints.includes("/v1/policy"));
-  const policy = policies.find((m) => m.task === "table") || null;
+  const policy = policies.find((m) => m.task === "table" || m.name === "table") || null;
   H.history = [];
   H.table = new Table(Number(new URLSearchParams(location.search).get("seed") || 1));
   const missing = [!H.info.asr && "speech recognition (/v1/asr)", !H.info.chat && "language model (/v1/chat)",
@@ -457,8 +457,15 @@ async function main() {
     addText(turn, text);
     promptEnd(turn);
   };
-  $("new-table").onclick = () => { H.table.reset(); H.log("new_table"); };
+  $("new-table").onclick = () => { H.table.reset(); if (H.loop) H.loop.trail = []; H.log("new_table"); };
+  // A table with that object on it (for tests and tours): the next seed that has one.
+  H.tableWith = (color, shape) => {
+    do H.table.reset(); while (!H.table.objects.some((o) => o.color === color && o.shape === shape));
+    if (H.loop) H.loop.trail = [];
+    return H.table.seed;
+  };
   requestAnimationFrame(renderRobot);
+  H.startMic = startMic; H.stopMic = stopMic;
   H.ready = true;
   H.log("page_ready", {endpoints: H.info.endpoints});
 }

@@ -16,12 +16,13 @@ export const TABLE = {HALF_X: 0.6, HALF_Y: 0.4, V_MAX: 0.5, TAU: 0.05};
 export const GOAL_KINDS = ["reach", "move", "region", "stop"];
 export const COLORS = {red: "#d62728", green: "#2ca02c", blue: "#1f77b4", yellow: "#e8c31a"};
 export const SHAPES = ["cube", "ball", "ring"];
-// Region name -> point on the table (docs/table_task.md), metres.
+// Region name -> its centre on the table, metres (clients/sim/table.py REGION_CENTRES).
 export const REGIONS = {
-  left: [-0.45, 0], right: [0.45, 0], top: [0, 0.3], bottom: [0, -0.3], centre: [0, 0],
-  top_left: [-0.45, 0.3], top_right: [0.45, 0.3], bottom_left: [-0.45, -0.3], bottom_right: [0.45, -0.3],
+  centre: [0, 0], left: [-0.42, 0], right: [0.42, 0], top: [0, 0.27], bottom: [0, -0.27],
+  top_left: [-0.45, 0.28], top_right: [0.45, 0.28], bottom_left: [-0.45, -0.28], bottom_right: [0.45, -0.28],
 };
-export const STEP_M = 0.1; // one "step" of a move command
+export const STEP_M = 0.05; // one "step" of a move goal (clients/sim/table.py STEP)
+export const MARGIN = 0.05; // goal targets stay this far inside the edges
 
 function mulberry32(seed) {
   return () => {
@@ -48,8 +49,9 @@ export class Table {
     for (const pair of pairs) {
       if (this.objects.length === count) break;
       for (let attempt = 0; attempt < 50; attempt++) {
-        const x = (rand() * 2 - 1) * (TABLE.HALF_X - 0.1), y = (rand() * 2 - 1) * (TABLE.HALF_Y - 0.08);
-        const far = this.objects.every((o) => Math.hypot(o.x - x, o.y - y) > 0.25) && Math.hypot(x, y) > 0.15;
+        const x = (rand() * 2 - 1) * (TABLE.HALF_X - MARGIN - 0.03), y = (rand() * 2 - 1) * (TABLE.HALF_Y - MARGIN - 0.03);
+        // Farther apart than the task's OBJECT_SPACING (0.15 m), so that each reads clearly.
+        const far = this.objects.every((o) => Math.hypot(o.x - x, o.y - y) > 0.22) && Math.hypot(x, y) > 0.15;
         if (far) { this.objects.push({...pair, x, y}); break; }
       }
     }
@@ -76,15 +78,24 @@ export class Table {
     }
   }
 
+  // The nearest object that fits (a colour or a shape alone may name one), as goal_target does.
   findObject(goal) {
-    return this.objects.find((o) => (!goal.color || o.color === goal.color) && (!goal.shape || o.shape === goal.shape));
+    const fits = this.objects.filter((o) => (!goal.color || o.color === goal.color) && (!goal.shape || o.shape === goal.shape));
+    const d = (o) => Math.hypot(o.x - this.p[0], o.y - this.p[1]);
+    return fits.sort((a, b) => d(a) - d(b))[0];
   }
 
   // A goal of the grammar (models/world_grammar.py) -> the robot's target; returns false when
   // it names nothing on the table.
   setGoal(goal) {
     if (!goal || !goal.action) return false;
-    const hold = () => { this.target = [this.p[0], this.p[1]]; this.kind = "stop"; };
+    // Stop: the target is where the gripper comes to rest when commanded to stand still
+    // (the lag's geometric series, clients/sim/table.py stop_target).
+    const hold = () => {
+      const dt = 0.02, alpha = dt / TABLE.TAU, k = (dt * (1 - alpha)) / alpha;
+      this.target = [this.p[0] + this.v[0] * k, this.p[1] + this.v[1] * k]; this.kind = "stop";
+    };
+    const inside = (x, half) => clamp(x, -(half - MARGIN), half - MARGIN);
     switch (goal.action) {
       case "reach": {
         const o = this.findObject(goal);
@@ -92,8 +103,7 @@ export class Table {
         this.target = [o.x, o.y]; this.kind = "reach"; break;
       }
       case "move":
-        this.target = [clamp(this.p[0] + STEP_M * (goal.dx || 0), -TABLE.HALF_X, TABLE.HALF_X),
-          clamp(this.p[1] + STEP_M * (goal.dy || 0), -TABLE.HALF_Y, TABLE.HALF_Y)];
+        this.target = [inside(this.p[0] + STEP_M * (goal.dx || 0), TABLE.HALF_X), inside(this.p[1] + STEP_M * (goal.dy || 0), TABLE.HALF_Y)];
         this.kind = "move"; break;
       case "region":
         if (!REGIONS[goal.region]) return false;
@@ -114,15 +124,20 @@ export class Table {
 
   distanceToTarget() { return Math.hypot(this.p[0] - this.target[0], this.p[1] - this.target[1]); }
 
-  // The table in words: the chat model's context (questions are answered from it).
+  // The table as a chat hello's context map (models.world_grammar.Table.from_state): the
+  // gripper, the objects and the goal, positions in steps of a move goal.
+  contextMap() {
+    const steps = (m) => Math.round((m / STEP_M) * 10) / 10;
+    return {gripper: [steps(this.p[0]), steps(this.p[1])],
+      objects: this.objects.map((o) => ({color: o.color, shape: o.shape, x: steps(o.x), y: steps(o.y)})),
+      goal: this.kind === "stop" && this.goal.action === "stop" ? null : this.goal};
+  }
+
+  // The same in words, for a chat model that takes text context.
   describe() {
-    const where = (x, y) => {
-      const h = x < -0.2 ? "left" : x > 0.2 ? "right" : "", v = y < -0.13 ? "bottom" : y > 0.13 ? "top" : "";
-      return v && h ? `${v} ${h}` : v || h || "centre";
-    };
-    const objects = this.objects.map((o) => `a ${o.color} ${o.shape} at the ${where(o.x, o.y)} (x ${o.x.toFixed(2)}, y ${o.y.toFixed(2)})`);
-    return `The table: ${objects.join(", ")}. The gripper is at the ${where(this.p[0], this.p[1])} ` +
-      `(x ${this.p[0].toFixed(2)}, y ${this.p[1].toFixed(2)}), goal: ${this.goal.action}.`;
+    const objects = this.objects.map((o) => `a ${o.color} ${o.shape} at (${(o.x / STEP_M).toFixed(0)}, ${(o.y / STEP_M).toFixed(0)})`);
+    return `Objects on the table: ${objects.join(", ")}. The gripper is at (${(this.p[0] / STEP_M).toFixed(0)}, ` +
+      `${(this.p[1] / STEP_M).toFixed(0)}), in steps; its goal: ${JSON.stringify(this.goal)}.`;
   }
 }
 

@@ -1,0 +1,195 @@
+"""The demo page in a real browser: headless Chromium (Debian's ``chromium``, driven by
+Playwright's Python package pointed at it) loads /ui/ from the server ``headway demo`` starts
+(clients.demo.serve_arguments, in a process of its own), and a person's path through it
+happens: typed and spoken commands are answered, spoken back and carried out by the robot;
+the strategy switch starts a session with that strategy. The microphone is Chromium's fake
+capture device playing a WAV spoken by espeak-ng at test time.
+
+Screenshots go to out/screenshots/. What the page measured (window.headway.metrics) is
+printed: run with ``-s`` to see the latencies. Marked ``browser``; skipped where Chromium or
+Playwright is missing (``make test`` installs both).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clients.demo import serve_arguments
+from clients.server_process import ServerProcess
+
+pytestmark = pytest.mark.browser
+sync_api = pytest.importorskip("playwright.sync_api", reason="the browser tests need playwright (pip install playwright)")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+if not Path(CHROMIUM).exists():
+    pytest.skip("the browser tests need Debian's chromium (make installs it)", allow_module_level=True)
+
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOTS = ROOT / "out" / "screenshots"
+COMMAND = "go to the red cube"
+SPEECH_RATE = 48000
+LEAD_S, TAIL_S = 0.5, 12.0  # silence around the command: the fake microphone loops its file
+
+
+def spoken_wav(path: Path, text: str) -> float:
+    """``text`` spoken by espeak-ng into ``path`` (16-bit mono at 48 kHz, with silence before
+    and after); returns where the speech ends in the file, in seconds."""
+    raw = path.with_suffix(".raw.wav")
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), text], check=True)
+    with wave.open(str(raw)) as w:
+        rate, pcm = w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), np.int16)
+    voiced = np.flatnonzero(np.abs(pcm) > 300)
+    pcm = pcm[voiced[0]: voiced[-1] + 1].astype(np.float32)
+    t = np.arange(int(len(pcm) * SPEECH_RATE / rate)) / SPEECH_RATE
+    speech = np.interp(t, np.arange(len(pcm)) / rate, pcm)
+    out = np.concatenate([np.zeros(int(LEAD_S * SPEECH_RATE)), speech, np.zeros(int(TAIL_S * SPEECH_RATE))])
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SPEECH_RATE)
+        w.writeframes(out.astype(np.int16).tobytes())
+    return LEAD_S + len(speech) / SPEECH_RATE
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory):
+    path = tmp_path_factory.mktemp("speech") / "command.wav"
+    return path, spoken_wav(path, COMMAND)
+
+
+@pytest.fixture(scope="module")
+def server():
+    with ServerProcess(serve_arguments(), timeout_s=180) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def browser(speech):
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={speech[0]}", "--autoplay-policy=no-user-gesture-required"])
+        yield chromium
+        chromium.close()
+
+
+class Page:
+    """One tab on the demo page; JavaScript errors fail the test."""
+
+    def __init__(self, browser, server, name: str):
+        self.name = name
+        self.page = browser.new_page(viewport={"width": 1320, "height": 760})
+        self.errors: list[str] = []
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.page.goto(f"http://127.0.0.1:{server.port}/ui/")
+        self.page.wait_for_function("window.headway && window.headway.ready", timeout=20_000)
+
+    def js(self, expression: str):
+        return self.page.evaluate(expression)
+
+    def wait(self, expression: str, timeout_s: float = 20.0):
+        self.page.wait_for_function(expression, timeout=timeout_s * 1000)
+        return self.js(expression)
+
+    def serves(self, *endpoints: str) -> bool:
+        return all(self.js(f"window.headway.info.endpoints.includes({json.dumps(e)})") for e in endpoints)
+
+    def needs(self, *what: str) -> None:
+        info = self.js("window.headway.info")
+        have = set(info["endpoints"]) | ({"table"} if self.js("!!window.headway.loop") else set())
+        missing = [w for w in what if w not in have]
+        if missing:
+            pytest.skip(f"the demo server has no {', '.join(missing)} yet")
+
+    def screenshot(self) -> None:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(SCREENSHOTS / f"{self.name}.png"))
+
+    def close(self) -> None:
+        self.screenshot()
+        self.page.close()
+        assert self.errors == []
+
+
+@pytest.fixture
+def page(browser, server, request):
+    tab = Page(browser, server, request.node.name.removeprefix("test_"))
+    yield tab
+    tab.close()
+
+
+def red_cube_table(page: Page) -> None:
+    """A table with a red cube on it, the gripper away from it."""
+    page.js("window.headway.tableWith('red', 'cube')")
+
+
+def wait_for_reach(page: Page, timeout_s: float = 12.0) -> dict:
+    """The robot's meters once the gripper is within 5 cm of its target."""
+    return page.wait("(() => { const r = window.headway.metrics.robot;"
+                     " return r && r.distance < 0.05 ? r : null; })()", timeout_s)
+
+
+def test_the_page_loads_and_says_what_it_serves(page):
+    status = page.js("document.getElementById('status').textContent")
+    assert status == "all models served" or status.startswith("not served here:")
+    assert page.js("window.headway.info.endpoints.includes('/v1/policy')")
+
+
+def test_a_typed_command_is_answered_and_the_robot_goes_to_the_red_cube(page):
+    page.needs("/v1/chat", "table")
+    red_cube_table(page)
+    start = page.js("window.headway.metrics.robot.distance")
+    page.page.fill("#text", COMMAND)
+    page.page.press("#text", "Enter")
+    turn = page.wait("(() => { const t = window.headway.metrics.turns[0]; return t && t.finish_reason ? t : null; })()")
+    print("\ntyped turn:", json.dumps(turn))
+    assert turn["goal"] == {"action": "reach", "color": "red", "shape": "cube"}
+    assert "red cube" in turn["reply"].lower()
+    assert page.js("window.headway.table.kind") == "reach"
+    robot = wait_for_reach(page)
+    print("robot:", json.dumps(robot))
+    assert robot["distance"] < 0.05 < start
+
+
+def test_a_spoken_command_is_heard_answered_aloud_and_carried_out(page, speech):
+    page.needs("/v1/asr", "/v1/chat", "/v1/tts", "table")
+    red_cube_table(page)
+    page.page.click("#mic")
+    turn = page.wait("(() => { const t = window.headway.metrics.turns[0];"
+                     " return t && t.speech_end_to_first_audio_ms !== null && t.speech_end_to_first_audio_ms !== undefined ? t : null; })()",
+                     30)
+    page.wait("window.headway.metrics.audio.played_samples > 4000")
+    turn = page.js("window.headway.metrics.turns[0]")
+    print("\nspoken turn:", json.dumps(turn))
+    print(f"end of speech -> first audio of the reply: {turn['speech_end_to_first_audio_ms']} ms "
+          f"(last word recognised {turn['speech_end_to_last_word_ms']} ms, first token {turn['ttft_ms']} ms after "
+          f"prompt_end, first audio {turn['time_to_first_audio_ms']} ms after the first words went to speech synthesis)")
+    assert "red cube" in turn["text"]
+    assert turn["goal"] == {"action": "reach", "color": "red", "shape": "cube"}
+    assert page.js("window.headway.metrics.audio.played_samples") > 0
+    wait_for_reach(page)
+
+
+@pytest.mark.parametrize("strategy", ["sync", "naive", "rtc+future"])
+def test_the_strategy_switch_starts_a_session_with_that_strategy(page, strategy):
+    page.needs("table")
+    page.page.select_option("#strategy", strategy)
+    summary = page.wait(f"(() => {{ const r = window.headway.metrics.robot; return r && r.strategy === {json.dumps(strategy)}"
+                        " && r.chunks >= 5 ? r : null; }})()")
+    assert summary["connected"]
+
+
+def test_injected_latency_shows_as_a_longer_measured_delay(page):
+    page.needs("table")
+    fast = page.wait("(() => { const r = window.headway.metrics.robot; return r && r.chunks >= 10 ? r : null; })()")
+    page.page.select_option("#inject", "100")
+    slow = page.wait("(() => { const r = window.headway.metrics.robot; return r && r.inject_ms === 100"
+                     " && r.chunks >= 10 ? r : null; })()")
+    print(f"\nmeasured d: {fast['d_p50']} ticks without, {slow['d_p50']} ticks with 100 ms injected")
+    assert slow["d_p50"] >= fast["d_p50"] + 4  # 100 ms at 50 Hz: 5 ticks
