@@ -76,7 +76,7 @@ def not_found_message(path: str, routes: Sequence[str] = tuple(ROUTES)) -> str:
     else:
         close = difflib.get_close_matches(path, [*routes, *HTTP_ROUTES], n=1, cutoff=0.6)
         first = f"no endpoint at {path}" + (f"; did you mean {close[0]}?" if close else "")
-    return f"{first}\nwebsocket endpoints: {', '.join(routes)}; HTTP GET: {', '.join(HTTP_ROUTES)}\n"
+    return f"{first}\nwebsocket endpoints: {', '.join(routes)}; HTTP GET: {', '.join([*HTTP_ROUTES, '/ui/'])}\n"
 
 
 @dataclass

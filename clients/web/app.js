@@ -11,7 +11,7 @@
 //
 // Everything the page measures is in window.headway.metrics (the browser tests read it).
 
-import {Table, PolicyLoop, drawTable} from "./robot.js";
+import {Table, PolicyLoop, drawTable, drawActions} from "./robot.js";
 
 const $ = (id) => document.getElementById(id);
 const wsUrl = (path) => `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}${path}`;
@@ -20,6 +20,9 @@ const round = (x) => (x === null || x === undefined ? null : Math.round(x));
 
 const HISTORY_TURNS = 0; // earlier turns sent as history (the embedded LM answers from the table's state)
 const MAX_TOKENS = 96;
+// The LM may start answering on a guess when the recogniser hears the end of the turn, while
+// the page still waits for the flushed last words (prompt_pause; docs/chat-protocol.md).
+const EARLY_ANSWER = true;
 const VOICE_RMS = 0.01; // a capture frame louder than this (-40 dBFS) holds speech
 const FLUSH_WAIT_MS = 400; // longest wait for the recogniser's flush before prompt_end anyway
 
@@ -159,7 +162,7 @@ function newTurn(source) {
   H.metrics.turns.push({id: turn.id, source});
   if (H.info.chat) {
     const history = H.history.slice(-2 * HISTORY_TURNS);
-    turn.chat = new Channel("/v1/chat", {type: "hello", context: H.table.describe(), history, max_tokens: MAX_TOKENS}, {
+    turn.chat = new Channel("/v1/chat", {type: "hello", context: H.table.describe(), history, max_tokens: MAX_TOKENS, early_answer: EARLY_ANSWER}, {
       message: (m) => onChat(turn, m),
       close: () => { if (turn.phase === "answering") setPhase(turn, "done"); },
     });
@@ -181,7 +184,7 @@ function promptEnd(turn) {
   setPhase(turn, "answering");
   if (turn.chat) turn.chat.send({type: "prompt_end"});
   else { turn.reply = "(no language model is served: /v1/chat is missing)"; setPhase(turn, "done"); }
-  if (H.info.tts && audio.ctx) openTts(turn);
+  if (H.info.tts && audio.ctx && !turn.tts) openTts(turn);
   H.log("prompt_end", {turn: turn.id, text: turn.text});
 }
 
@@ -343,6 +346,8 @@ function onAsr(m) {
     turn.t.lastWordEnd = last.end !== undefined ? contextToPerf(streamToContext(last.end)) : null;
     setPhase(turn, "flushing");
     asr.channel.send({type: "flush"});
+    if (turn.chat) turn.chat.send({type: "prompt_pause"});
+    if (H.info.tts && audio.ctx) openTts(turn); // its handshake overlaps the flush and the first token
     turn.flushTimer = setTimeout(() => promptEnd(turn), FLUSH_WAIT_MS);
   } else if (m.type === "flushed" || (m.type === "flush" && m.done !== false)) {
     if (current && current.phase === "flushing") promptEnd(current);
@@ -400,6 +405,7 @@ function escapeHtml(s) { return s.replace(/[&<>"]/g, (c) => ({"&": "&amp;", "<":
 
 function renderRobot() {
   drawTable($("table"), H.table, H.loop);
+  drawActions($("actions"), H.loop);
   if (H.loop) {
     const s = (H.metrics.robot = H.loop.summary());
     $("robot-meters").innerHTML =

@@ -291,7 +291,7 @@ export class PolicyLoop {
     }
     if (this.pendingSeam !== undefined && this.pendingSeam <= t && action !== null) { seam = true; this.pendingSeam = undefined; }
     if (action !== null || this.started) { this.table.step(action, 1 / this.options.hz); this.lastAction = action; }
-    this.trail.push({x: this.table.p[0], y: this.table.p[1], seam, chunk: this.stats.chunks});
+    this.trail.push({x: this.table.p[0], y: this.table.p[1], seam, chunk: this.stats.chunks, action, tick: t});
     if (this.trail.length > 400) this.trail.shift();
     this.tick++; this.stats.ticks++;
   }
@@ -355,4 +355,30 @@ export function drawTable(canvas, table, loop) {
   // The gripper.
   g.fillStyle = "#222"; g.beginPath(); g.arc(X(table.p[0]), Y(table.p[1]), r * 0.55, 0, 2 * Math.PI); g.fill();
   g.strokeStyle = "#fff"; g.lineWidth = 2; g.beginPath(); g.arc(X(table.p[0]), Y(table.p[1]), r * 0.55, 0, 2 * Math.PI); g.stroke();
+}
+
+// The commanded velocity over the last seconds, one line per axis, chunk seams as vertical
+// lines: a seam that jumps (naive chunking under delay) shows as a step in the lines.
+export function drawActions(canvas, loop) {
+  const g = canvas.getContext("2d"), W = canvas.width, H = canvas.height;
+  g.fillStyle = "#fff"; g.fillRect(0, 0, W, H);
+  g.strokeStyle = "#eee"; g.beginPath(); g.moveTo(0, H / 2); g.lineTo(W, H / 2); g.stroke();
+  if (!loop || !loop.trail.length) return;
+  const trail = loop.trail, n = trail.length, X = (i) => (i / 400) * W + (W - (n / 400) * W);
+  const Y = (a) => H / 2 - a * (H / 2 - 4);
+  g.strokeStyle = "#e4572e55"; g.lineWidth = 1;
+  for (let i = 0; i < n; i++) if (trail[i].seam) { g.beginPath(); g.moveTo(X(i), 0); g.lineTo(X(i), H); g.stroke(); }
+  const colors = ["#1f77b4", "#2ca02c"];
+  for (let axis = 0; axis < 2; axis++) {
+    g.strokeStyle = colors[axis]; g.lineWidth = 1.5; g.beginPath();
+    let pen = false;
+    for (let i = 0; i < n; i++) {
+      const a = trail[i].action;
+      if (!a) { pen = false; continue; }
+      if (pen) g.lineTo(X(i), Y(a[axis])); else { g.moveTo(X(i), Y(a[axis])); pen = true; }
+    }
+    g.stroke();
+  }
+  g.fillStyle = "#666"; g.font = "11px sans-serif";
+  g.fillText("commanded velocity x (blue), y (green) over the last 8 s; seams in orange", 6, 12);
 }
