@@ -25,6 +25,12 @@ const MAX_TOKENS = 96;
 const EARLY_ANSWER = true;
 const VOICE_RMS = 0.01; // a capture frame louder than this (-40 dBFS) holds speech
 const FLUSH_WAIT_MS = 400; // longest wait for the recogniser's flush before prompt_end anyway
+// The recogniser's end of turn: a pause this long after speech (its VAD; docs/protocol.md /v1/asr).
+const END_OF_TURN_MS = Number(new URLSearchParams(location.search).get("eot") || 500);
+// A shorter pause already asks for the last words (flush: the stream goes on after it) and
+// lets the LM start on a guess (prompt_pause), so that at end_of_turn only prompt_end is left.
+const EARLY_FLUSH_MS = 240;
+const VAD_SPEECH = 0.5, VAD_SILENCE = 0.35; // the recogniser's VAD hysteresis
 
 const H = (window.headway = {
   metrics: {turns: [], robot: null, audio: {played_samples: 0, pushed_samples: 0, frames: 0}, asr: {frames_sent: 0, words: 0}},
@@ -280,8 +286,9 @@ async function startMic() {
   const capture = new AudioWorkletNode(ctx, "headway-capture", {processorOptions: {frame}, numberOfOutputs: 0});
   source.connect(capture);
   audio.capture = capture; audio.source = source;
-  asr = {rate: ctx.sampleRate, sent: 0, frames: [], lastVoiced: null, voicedSince: null, endOfTurnAt: 0};
-  asr.channel = new Channel("/v1/asr", {type: "hello", sample_rate: ctx.sampleRate, format: "f32"}, {
+  asr = {rate: ctx.sampleRate, sent: 0, frames: [], lastVoiced: null, endOfTurnAt: 0,
+    speaking: false, silentFrames: 0, flushPending: false, flushedSinceSpeech: true};
+  asr.channel = new Channel("/v1/asr", {type: "hello", sample_rate: ctx.sampleRate, format: "f32le", end_of_turn_ms: END_OF_TURN_MS}, {
     message: onAsr,
     close: (event) => { H.log("asr_closed", {code: event.code, reason: event.reason}); if (asr) stopMic(); },
   });
@@ -291,7 +298,10 @@ async function startMic() {
     asr.sent += samples.length;
     asr.frames.push([asr.sent, time]);
     if (asr.frames.length > 3000) asr.frames.shift();
-    if (rms > VOICE_RMS) asr.lastVoiced = time;
+    // Speech: louder than -40 dBFS and than four times the quietest frame of the last 2 s
+    // (a room's noise floor), so that a noisy microphone does not read as speech throughout.
+    asr.levels = (asr.levels || []).concat(rms).slice(-100);
+    if (rms > Math.max(VOICE_RMS, 4 * Math.min(...asr.levels))) asr.lastVoiced = time;
     H.metrics.asr.frames_sent++;
     H.metrics.asr.level = rms;
     asr.channel.sendFrame(samples.buffer);
@@ -310,6 +320,12 @@ function stopMic() {
   if (audio.stream) for (const track of audio.stream.getTracks()) track.stop();
   $("mic").classList.remove("on");
   $("mic").textContent = "microphone";
+}
+
+function requestFlush() {
+  asr.flushPending = true; asr.flushedSinceSpeech = true; asr.speaking = false;
+  asr.channel.send({type: "flush"});
+  H.log("flush", {});
 }
 
 // Audio-context time of a stream time (seconds since the first sample sent).
@@ -337,22 +353,33 @@ function onAsr(m) {
     render();
   } else if (m.type === "end_of_turn") {
     const turn = current;
-    asr.endOfTurnAt = asr.sent / asr.rate;
-    H.log("end_of_turn", {});
+    asr.endOfTurnAt = m.at ?? asr.sent / asr.rate;
+    H.log("end_of_turn", {at: m.at});
     if (!turn || turn.phase !== "listening" || !turn.words.length) return;
     turn.t.endOfTurn = now();
     turn.t.speechEnd = asr.lastVoiced !== null ? contextToPerf(asr.lastVoiced) : null;
     const last = turn.words[turn.words.length - 1];
-    turn.t.lastWordEnd = last.end !== undefined ? contextToPerf(streamToContext(last.end)) : null;
-    setPhase(turn, "flushing");
-    asr.channel.send({type: "flush"});
-    if (turn.chat) turn.chat.send({type: "prompt_pause"});
-    if (H.info.tts && audio.ctx) openTts(turn); // its handshake overlaps the flush and the first token
+    const lastEnd = last.end !== undefined ? streamToContext(last.end) : null;
+    turn.t.lastWordEnd = lastEnd !== null ? contextToPerf(lastEnd) : null;
+    if (H.info.tts && audio.ctx) openTts(turn); // its handshake overlaps the first token
+    if (!asr.flushPending && asr.flushedSinceSpeech) { promptEnd(turn); return; }
+    if (!asr.flushPending) requestFlush();
+    setPhase(turn, "flushing"); // prompt_end once the flush is answered
     turn.flushTimer = setTimeout(() => promptEnd(turn), FLUSH_WAIT_MS);
-  } else if (m.type === "flushed" || (m.type === "flush" && m.done !== false)) {
-    if (current && current.phase === "flushing") promptEnd(current);
+  } else if (m.type === "flushed") {
+    asr.flushPending = false;
+    const turn = current;
+    H.log("flushed", {});
+    if (turn && turn.phase === "flushing") promptEnd(turn);
+    else if (turn && turn.phase === "listening" && turn.words.length && turn.chat && EARLY_ANSWER) turn.chat.send({type: "prompt_pause"});
   } else if (m.type === "step") {
     H.metrics.asr.step = m;
+    // The early flush: a pause of EARLY_FLUSH_MS after speech asks for the last words now.
+    if (m.vad >= VAD_SPEECH) { asr.speaking = true; asr.silentFrames = 0; asr.flushedSinceSpeech = false; }
+    else if (m.vad < VAD_SILENCE && asr.speaking) {
+      asr.silentFrames++;
+      if (asr.silentFrames * 80 >= EARLY_FLUSH_MS && !asr.flushedSinceSpeech && !asr.flushPending) requestFlush();
+    }
   } else if (m.type === "ready") {
     H.metrics.asr.ready = m;
     H.log("asr_ready", {});
