@@ -219,7 +219,7 @@ function onChat(turn, m) {
     if (!output && !turn.reply) turn.reply = m.text;
     turn.goal = output ? output.goal ?? null : null;
     if (turn.goal) {
-      const ok = H.table.setGoal(turn.goal);
+      const ok = H.setGoal(turn.goal);
       H.log("goal", {turn: turn.id, goal: turn.goal, ok});
     }
     if (m.finish_reason !== "cancelled") H.history.push({role: "user", content: turn.text}, {role: "assistant", content: m.text});
@@ -441,6 +441,7 @@ function renderRobot() {
       `<tr><td>batch size</td><td>${fmt(s.batch_size, "")}</td></tr>` +
       `<tr><td>execution horizon s</td><td>${fmt(s.s_last, " ticks")}</td></tr>` +
       `<tr><td>round trip p50</td><td>${s.rtt_ms_p50 === null ? "–" : s.rtt_ms_p50.toFixed(1) + " ms"}</td></tr>` +
+      `<tr><td>reaction to the last goal</td><td>${fmt(s.reaction_ms)}</td></tr>` +
       `<tr><td>seam jerk</td><td>${s.seam_jerk === null ? "–" : s.seam_jerk.toFixed(3)}</td></tr>` +
       `<tr><td>chunks</td><td>${s.chunks}</td></tr>`;
     H.metrics.robot.gripper = [...H.table.p];
@@ -491,6 +492,8 @@ async function main() {
     promptEnd(turn);
   };
   $("new-table").onclick = () => { H.table.reset(); if (H.loop) H.loop.trail = []; H.log("new_table"); };
+  // A goal as the chat's would set it (for tests and tours).
+  H.setGoal = (goal) => { const ok = H.table.setGoal(goal); if (ok && H.loop) H.loop.goalChanged(); return ok; };
   // A table with that object on it (for tests and tours): the next seed that has one.
   H.tableWith = (color, shape) => {
     do H.table.reset(); while (!H.table.objects.some((o) => o.color === color && o.shape === shape));

@@ -69,7 +69,7 @@ export class Table {
   }
 
   step(action, dt) {
-    const a = action || [0, 0];
+    const a = (action || [0, 0]).map((x) => clamp(x, -1, 1)); // docs/table_task.md: clip, then step
     for (let i = 0; i < 2; i++) {
       const half = i === 0 ? TABLE.HALF_X : TABLE.HALF_Y;
       this.v[i] += (TABLE.V_MAX * this.speed * a[i] - this.v[i]) * (dt / TABLE.TAU);
@@ -192,7 +192,7 @@ export class PolicyLoop {
 
   resetStats() {
     this.stats = {ticks: 0, requests: 0, chunks: 0, underruns: 0, failures: 0, timeouts: 0, late: 0,
-      d: [], batch: [], s: [], seamJerk: [], rtt: [], lateness: []};
+      d: [], batch: [], s: [], seamJerk: [], rtt: [], lateness: [], reactions: []};
   }
 
   summary() {
@@ -201,7 +201,7 @@ export class PolicyLoop {
       underruns: s.underruns, failures: s.failures, timeouts: s.timeouts,
       d_last: last(s.d), d_p50: median(s.d.slice(-32)), batch_size: last(s.batch), s_last: last(s.s),
       seam_jerk: s.seamJerk.length ? s.seamJerk.slice(-32).reduce((a, b) => a + b, 0) / Math.min(32, s.seamJerk.length) : null,
-      rtt_ms_p50: median(s.rtt.slice(-32)), tick_lateness_ms_p50: median(s.lateness.slice(-200)),
+      rtt_ms_p50: median(s.rtt.slice(-32)), reaction_ms: last(s.reactions), tick_lateness_ms_p50: median(s.lateness.slice(-200)),
       connected: !!(this.ws && this.ws.readyState === 1 && this.ready)};
   }
 
@@ -285,15 +285,33 @@ export class PolicyLoop {
     }
     let action = this.buffer.pop(t), seam = false;
     if (action === null && this.started) {
+      // The plan ran dry: the table's robot stands still (docs/table_task.md), as a
+      // synchronous robot does while it waits for its next chunk.
       this.stats.underruns++;
-      action = this.lastAction;
-      if (action) this.buffer.recordHeld(action);
+      action = [0, 0];
+      this.buffer.recordHeld(action);
     }
     if (this.pendingSeam !== undefined && this.pendingSeam <= t && action !== null) { seam = true; this.pendingSeam = undefined; }
     if (action !== null || this.started) { this.table.step(action, 1 / this.options.hz); this.lastAction = action; }
+    this.watchReaction(t);
     this.trail.push({x: this.table.p[0], y: this.table.p[1], seam, chunk: this.stats.chunks, action, tick: t});
     if (this.trail.length > 400) this.trail.shift();
     this.tick++; this.stats.ticks++;
+  }
+
+  // Reaction time to a new goal (docs/table_task.md, "heading for the goal"): ticks from the
+  // goal change until the gripper moves faster than 0.05 m/s within 45 degrees of the target.
+  goalChanged() { this.goalTick = this.tick; }
+
+  watchReaction(t) {
+    if (this.goalTick === undefined || this.table.kind === "stop") return;
+    const [vx, vy] = this.table.v, dx = this.table.target[0] - this.table.p[0], dy = this.table.target[1] - this.table.p[1];
+    const speed = Math.hypot(vx, vy), distance = Math.hypot(dx, dy);
+    if (distance < 0.04) { this.goalTick = undefined; return; }
+    if (speed > 0.05 && (vx * dx + vy * dy) / (speed * distance) >= Math.cos(Math.PI / 4)) {
+      this.stats.reactions.push(((t - this.goalTick) * 1000) / this.options.hz);
+      this.goalTick = undefined;
+    }
   }
 
   accept(reply, now) {
