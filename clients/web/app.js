@@ -225,7 +225,7 @@ function onChat(turn, m) {
     if (m.finish_reason !== "cancelled") H.history.push({role: "user", content: turn.text}, {role: "assistant", content: m.text});
     speak(turn, "", true);
     turn.chat.close();
-    setPhase(turn, turn.tts && !turn.ttsDone ? "speaking" : "done");
+    setPhase(turn, H.info.tts && !turn.ttsDone ? "speaking" : "done");
     updateMeters(turn);
   } else if (m.type === "error") {
     H.log("chat_error", {turn: turn.id, code: m.code, message: m.message});
@@ -257,12 +257,14 @@ function openTts(turn) {
     },
     close: () => { turn.ttsDone = true; },
   });
+  speak(turn, "", !!turn.replyEnded);
 }
 
 // Complete words go to the synthesiser as they are known; the rest at the reply's end.
 function speak(turn, text, end = false) {
-  if (!turn.tts) return;
   turn.ttsPending += text;
+  if (end) turn.replyEnded = true;
+  if (!turn.tts) return; // openTts sends what has gathered
   const cut = end ? turn.ttsPending.length : turn.ttsPending.lastIndexOf(" ") + 1;
   if (cut > 0) {
     const piece = turn.ttsPending.slice(0, cut);
@@ -422,7 +424,7 @@ function render() {
     $("reply").textContent = turn.reply + (turn.error ? ` [${turn.error}]` : "");
     $("phase").textContent = turn.phase;
   }
-  const rows = H.metrics.turns.slice(-6).reverse().map((r) =>
+  const rows = H.metrics.turns.filter((r) => !r.dropped).slice(-6).reverse().map((r) =>
     `<tr><td>${r.source}</td><td>${escapeHtml(r.text || "")}</td><td>${fmt(r.speech_end_to_last_word_ms)}</td>` +
     `<td>${fmt(r.ttft_ms)}</td><td>${fmt(r.time_to_first_audio_ms)}</td><td><b>${fmt(r.source === "mic" ? r.speech_end_to_first_audio_ms : r.prompt_end_to_first_audio_ms)}</b></td></tr>`);
   $("turns").innerHTML = rows.join("");
@@ -480,16 +482,34 @@ async function main() {
   };
   $("inject").onchange = () => { H.loop && H.loop.configure({injectMs: Number($("inject").value)}); H.log("inject", {ms: $("inject").value}); };
   $("mic").onclick = () => (asr ? stopMic() : startMic().catch((e) => { H.log("mic_error", {message: String(e)}); $("status").textContent = `microphone: ${e}`; }));
+  // Typing streams too: each keystroke that extends the text is a prompt_delta, as each
+  // recognised word is; an edit elsewhere drops that prompt (cancel) and starts it afresh.
+  let typing = null;
+  const typed = () => {
+    const value = $("text").value;
+    if (typing && !value.startsWith(typing.sent)) {
+      if (typing.chat) { typing.chat.send({type: "cancel"}); typing.chat.close(); }
+      typing.phase = "cancelled"; H.metrics.turns[typing.id].dropped = true; typing = null;
+    }
+    if (!value.trim()) return;
+    if (!typing) { typing = newTurn("text"); typing.sent = ""; }
+    const piece = value.slice(typing.sent.length);
+    if (piece) { addText(typing, piece); typing.sent = value; }
+  };
+  $("text").oninput = typed;
+  $("text").onfocus = () => ensureAudio().catch(() => {}); // ready before Enter (resumed by it)
   $("say").onsubmit = async (event) => {
     event.preventDefault();
-    const text = $("text").value.trim();
-    if (!text) return;
+    typed();
+    if (!typing || !$("text").value.trim()) return;
+    const turn = typing;
+    typing = null;
     $("text").value = "";
-    await ensureAudio().catch(() => {});
-    const turn = newTurn("text");
     turn.t.speechEnd = now(); // typed: the person is done when they press Enter
-    addText(turn, text);
     promptEnd(turn);
+    if (audio.ctx) audio.ctx.resume().catch(() => {});
+    else await ensureAudio().catch(() => {});
+    if (H.info.tts && audio.ctx && !turn.tts && ["answering", "speaking"].includes(turn.phase)) openTts(turn);
   };
   $("new-table").onclick = () => { H.table.reset(); if (H.loop) H.loop.trail = []; H.log("new_table"); };
   // A goal as the chat's would set it (for tests and tours).
