@@ -303,10 +303,14 @@ class HeadwayServer:
 
     def info(self) -> dict:
         """What ``/ui/info.json`` says: the websocket endpoints and, per model, the endpoints it
-        serves and its task (the page picks the table policy by it)."""
+        serves and its task (the page picks the table policy by it); a chat model that takes the
+        table's map as its ``hello`` context says ``table_context``."""
         models = [{"name": name, "task": served.model.metadata.get("task"),
                    "endpoints": [path for path, route in self.routes.items() if route.serves(served.model)]}
                   for name, served in self.served.items()]
+        for entry, served in zip(models, self.served.values()):
+            if getattr(served.model.chat, "context_text", None) is not None:
+                entry["table_context"] = True  # a chat model that reads the table's map as its context
         return {"endpoints": list(self.routes), "models": models}
 
     def _ui_file(self, connection: ServerConnection, request: Request) -> Response:

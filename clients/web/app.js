@@ -168,7 +168,7 @@ function newTurn(source) {
   H.metrics.turns.push({id: turn.id, source});
   if (H.info.chat) {
     const history = H.history.slice(-2 * HISTORY_TURNS);
-    turn.chat = new Channel("/v1/chat", {type: "hello", context: H.table.describe(), history, max_tokens: MAX_TOKENS, early_answer: EARLY_ANSWER}, {
+    turn.chat = new Channel("/v1/chat", {type: "hello", context: H.info.tableContext ? H.table.contextMap() : H.table.describe(), history, max_tokens: MAX_TOKENS, early_answer: EARLY_ANSWER}, {
       message: (m) => onChat(turn, m),
       close: () => { if (turn.phase === "answering") setPhase(turn, "done"); },
     });
@@ -238,11 +238,11 @@ function onChat(turn, m) {
 
 function openTts(turn) {
   const rate = audio.ctx.sampleRate;
-  turn.tts = new Channel("/v1/tts", {type: "hello", sample_rate: rate}, {
+  turn.tts = new Channel("/v1/tts", {type: "hello", sample_rate: rate, format: "pcm_f32le"}, {
     message: (m) => {
       if (m.type === "ready") turn.ttsReady = m;
       else if (m.type === "word") { turn.spokenWords = (turn.spokenWords || 0) + 1; render(); }
-      else if (m.type === "done") { turn.ttsDone = true; if (turn.phase === "speaking" && !turn.t.firstAudioReceived) setPhase(turn, "done"); }
+      else if (m.type === "done") { turn.ttsDone = true; turn.ttsFirstAudioMs = m.first_audio_ms; updateMeters(turn); if (turn.phase === "speaking" && !turn.t.firstAudioReceived) setPhase(turn, "done"); }
       else if (m.type === "error") H.log("tts_error", {turn: turn.id, code: m.code, message: m.message});
     },
     binary: (data) => {
@@ -404,6 +404,7 @@ function updateMeters(turn) {
     ttft_ms: turn.done ? round(turn.done.ttft_ms) : null,
     prompt_end_to_first_token_ms: span(t.promptEnd, t.firstToken),
     time_to_first_audio_ms: span(t.firstText, t.firstAudio),
+    tts_first_audio_ms: turn.ttsFirstAudioMs ?? null, // the server's: first words in -> first audio out
     prompt_end_to_first_audio_ms: span(t.promptEnd, t.firstAudio),
     speech_end_to_first_audio_ms: span(t.speechEnd, t.firstAudio),
     last_word_end_to_first_audio_ms: span(t.lastWordEnd, t.firstAudio),
@@ -462,6 +463,7 @@ async function main() {
   H.info.chat = endpoints.has("/v1/chat");
   H.info.asr = endpoints.has("/v1/asr");
   H.info.tts = endpoints.has("/v1/tts");
+  H.info.tableContext = H.info.models.some((m) => m.endpoints.includes("/v1/chat") && m.table_context);
   const policies = H.info.models.filter((m) => m.endpoints.includes("/v1/policy"));
   const policy = policies.find((m) => m.task === "table" || m.name === "table") || null;
   H.history = [];
