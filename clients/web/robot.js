@@ -384,8 +384,8 @@ export function drawActions(canvas, loop) {
   if (!loop || !loop.trail.length) return;
   const trail = loop.trail, n = trail.length, X = (i) => (i / 400) * W + (W - (n / 400) * W);
   const Y = (a) => H / 2 - a * (H / 2 - 4);
-  g.strokeStyle = "#e4572e55"; g.lineWidth = 1;
-  for (let i = 0; i < n; i++) if (trail[i].seam) { g.beginPath(); g.moveTo(X(i), 0); g.lineTo(X(i), H); g.stroke(); }
+  g.strokeStyle = "#e4572e"; g.lineWidth = 1; // seams: short ticks along the bottom edge
+  for (let i = 0; i < n; i++) if (trail[i].seam) { g.beginPath(); g.moveTo(X(i), H - 10); g.lineTo(X(i), H); g.stroke(); }
   const colors = ["#1f77b4", "#2ca02c"];
   for (let axis = 0; axis < 2; axis++) {
     g.strokeStyle = colors[axis]; g.lineWidth = 1.5; g.beginPath();
@@ -398,5 +398,5 @@ export function drawActions(canvas, loop) {
     g.stroke();
   }
   g.fillStyle = "#666"; g.font = "11px sans-serif";
-  g.fillText("commanded velocity x (blue), y (green) over the last 8 s; seams in orange", 6, 12);
+  g.fillText("commanded velocity x (blue), y (green) over the last 8 s; chunk seams: orange ticks", 6, 12);
 }
