@@ -193,3 +193,74 @@ def test_injected_latency_shows_as_a_longer_measured_delay(page):
                      " && r.chunks >= 10 ? r : null; })()")
     print(f"\nmeasured d: {fast['d_p50']} ticks without, {slow['d_p50']} ticks with 100 ms injected")
     assert slow["d_p50"] >= fast["d_p50"] + 4  # 100 ms at 50 Hz: 5 ticks
+
+
+def test_the_spoken_part_of_a_streamed_json_reply_is_found_however_the_tokens_split_it(page):
+    reply = 'Going to the "red" cube.\nNow!'
+    text = json.dumps({"reply": reply, "goal": {"action": "reach", "color": "red", "shape": "cube"}})
+    pieces = page.page.evaluate("""async (text) => {
+        const {ReplyExtractor} = await import('/ui/app.js');
+        const out = [];
+        for (let size = 1; size <= 7; size++) {
+          const e = new ReplyExtractor(); let said = '';
+          for (let i = 0; i < text.length; i += size) said += e.feed(text.slice(i, i + size));
+          out.push(said);
+        }
+        const plain = new ReplyExtractor();
+        out.push(plain.feed('Hello ') + plain.feed('there.'));
+        return out;
+    }""", text)
+    assert pieces == [reply] * 7 + ["Hello there."]
+
+
+def test_the_page_merges_chunks_by_the_rule_of_chunking_merge(page):
+    # The page's port of clients.action_buffer.ActionBuffer, run on the same random sequence of
+    # chunk arrivals and control ticks as the Python one: the same action at every tick.
+    from clients.action_buffer import ActionBuffer
+
+    rng = np.random.default_rng(0)
+    events, tick = [], 0
+    for _ in range(120):
+        if rng.random() < 0.3:
+            h = int(rng.integers(1, 8))
+            events.append({"chunk": rng.standard_normal((h, 2)).round(3).tolist(),
+                           "start": int(tick + rng.integers(-6, 3)), "now": tick})
+        else:
+            events.append({"pop": tick})
+            tick += 1
+    python, buffer = [], ActionBuffer(2)
+    for e in events:
+        if "chunk" in e:
+            arrival = buffer.merge(np.array(e["chunk"], np.float32), e["start"], e["now"])
+            python.append([arrival.took, arrival.first_tick, arrival.skipped])
+        else:
+            action = buffer.pop(e["pop"])
+            python.append(None if action is None else [round(float(x), 3) for x in action])
+    javascript = page.page.evaluate("""async (events) => {
+        const {ActionBuffer} = await import('/ui/robot.js');
+        const b = new ActionBuffer(), out = [];
+        for (const e of events) {
+          if (e.chunk) { const a = b.merge(e.chunk, e.start, e.now); out.push([a.took, a.firstTick, a.skipped]); }
+          else { const a = b.pop(e.pop); out.push(a === null ? null : a.map((x) => Math.round(x * 1000) / 1000)); }
+        }
+        return out;
+    }""", events)
+    assert javascript == python
+
+
+def test_the_page_steps_the_table_as_its_python_dynamics_do(page):
+    torch = pytest.importorskip("torch")
+    table = pytest.importorskip("chunking.dynamics.table", reason="the table task is not on this branch yet")
+    rng = np.random.default_rng(1)
+    actions = rng.uniform(-1.5, 1.5, (200, 2)).round(3)
+    state = torch.zeros(1, 10)
+    python = []
+    for a in actions:  # the simulator clips each action before the step (docs/table_task.md)
+        state = table.step(state, torch.tensor(np.clip(a, -1, 1), dtype=torch.float32)[None], 0.02)
+        python.append(state[0, :4].tolist())
+    javascript = page.page.evaluate("""async (actions) => {
+        const {Table} = await import('/ui/robot.js');
+        const t = new Table(1); t.p = [0, 0]; t.v = [0, 0];
+        return actions.map((a) => { t.step(a, 0.02); return [...t.p, ...t.v]; });
+    }""", actions.tolist())
+    assert np.allclose(javascript, python, atol=1e-5)
