@@ -264,3 +264,17 @@ def test_the_page_steps_the_table_as_its_python_dynamics_do(page):
         return actions.map((a) => { t.step(a, 0.02); return [...t.p, ...t.v]; });
     }""", actions.tolist())
     assert np.allclose(javascript, python, atol=1e-5)
+
+
+def test_typing_over_a_spoken_reply_stops_it_and_cancels_it(page):
+    page.needs("/v1/chat", "/v1/tts")
+    red_cube_table(page)
+    page.page.fill("#text", "which objects do you see")
+    page.page.press("#text", "Enter")
+    page.wait("window.headway.events.some((e) => e.kind === 'first_audio')")
+    page.page.fill("#text", COMMAND)  # the first keystroke of a new prompt is a barge-in
+    page.wait("window.headway.events.some((e) => e.kind === 'barge_in' && e.turn === 0)", 5)
+    assert page.js("window.headway.metrics.audio.queued") == 0 or page.wait("window.headway.metrics.audio.queued === 0", 2)
+    page.page.press("#text", "Enter")
+    turn = page.wait("(() => { const t = window.headway.metrics.turns[1]; return t && t.finish_reason ? t : null; })()")
+    assert turn["goal"] == {"action": "reach", "color": "red", "shape": "cube"}

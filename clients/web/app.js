@@ -425,6 +425,10 @@ function render() {
     $("reply").textContent = turn.reply + (turn.error ? ` [${turn.error}]` : "");
     $("phase").textContent = turn.phase;
   }
+  // The earlier turns, newest first.
+  $("log").innerHTML = turns.filter((x) => x !== turn && x.text && !H.metrics.turns[x.id].dropped).slice(-4).reverse()
+    .map((x) => `<div><span class="label">you</span> ${escapeHtml(x.text)}</div>` +
+      `<div class="reply"><span class="label">robot</span> ${escapeHtml(x.reply || "")}${x.phase === "cancelled" ? " <i>(interrupted)</i>" : ""}</div>`).join("");
   const rows = H.metrics.turns.filter((r) => !r.dropped).slice(-6).reverse().map((r) =>
     `<tr><td>${r.source}</td><td>${escapeHtml(r.text || "")}</td><td>${fmt(r.speech_end_to_last_word_ms)}</td>` +
     `<td>${fmt(r.ttft_ms)}</td><td>${fmt(r.time_to_first_audio_ms)}</td><td><b>${fmt(r.source === "mic" ? r.speech_end_to_first_audio_ms : r.prompt_end_to_first_audio_ms)}</b></td></tr>`);
