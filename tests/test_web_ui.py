@@ -86,3 +86,11 @@ async def test_a_page_from_elsewhere_may_not(origin):
             async with connect(server.url, origin=origin):
                 pass
     assert info.value.response.status_code == 403
+
+
+def test_the_demo_serves_the_table_policy_once_it_is_trained(tmp_path):
+    from clients.demo import serve_arguments
+
+    assert "table" not in serve_arguments(tmp_path)
+    (tmp_path / "table_flow.safetensors").write_bytes(b"")
+    assert serve_arguments(tmp_path) == ["--model", "whack", "--model", "table", "--model", "standin"]
