@@ -18,7 +18,9 @@ const wsUrl = (path) => `${location.protocol === "https:" ? "wss" : "ws"}://${lo
 const now = () => performance.now();
 const round = (x) => (x === null || x === undefined ? null : Math.round(x));
 
-const HISTORY_TURNS = 0; // earlier turns sent as history (the embedded LM answers from the table's state)
+// Earlier turns sent as the chat's history ("the other one"); the embedded LM was trained on
+// dialogues of up to three turns.
+const HISTORY_TURNS = 2;
 const MAX_TOKENS = 96;
 // The LM may start answering on a guess when the recogniser hears the end of the turn, while
 // the page still waits for the flushed last words (prompt_pause; docs/chat-protocol.md).
@@ -167,7 +169,7 @@ function newTurn(source) {
   current = turn;
   H.metrics.turns.push({id: turn.id, source});
   if (H.info.chat) {
-    const history = H.history.slice(-2 * HISTORY_TURNS);
+    const history = HISTORY_TURNS ? H.history.slice(-2 * HISTORY_TURNS) : [];
     turn.chat = new Channel("/v1/chat", {type: "hello", context: H.info.tableContext ? H.table.contextMap() : H.table.describe(), history, max_tokens: MAX_TOKENS, early_answer: EARLY_ANSWER}, {
       message: (m) => onChat(turn, m),
       close: () => { if (turn.phase === "answering") setPhase(turn, "done"); },
@@ -190,7 +192,7 @@ function promptEnd(turn) {
   setPhase(turn, "answering");
   if (turn.chat) turn.chat.send({type: "prompt_end"});
   else { turn.reply = "(no language model is served: /v1/chat is missing)"; setPhase(turn, "done"); }
-  if (H.info.tts && audio.ctx && !turn.tts) openTts(turn);
+  if (H.info.tts && audio.ctx && turn.chat && !turn.tts) openTts(turn);
   H.log("prompt_end", {turn: turn.id, text: turn.text});
 }
 
