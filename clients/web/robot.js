@@ -23,6 +23,7 @@ export const REGIONS = {
 };
 export const STEP_M = 0.05; // one "step" of a move goal (clients/sim/table.py STEP)
 export const MARGIN = 0.05; // goal targets stay this far inside the edges
+export const OBJECT_REACH = 7 * 0.05; // objects lie within this of the centre, per axis (m)
 
 function mulberry32(seed) {
   return () => {
@@ -49,7 +50,9 @@ export class Table {
     for (const pair of pairs) {
       if (this.objects.length === count) break;
       for (let attempt = 0; attempt < 50; attempt++) {
-        const x = (rand() * 2 - 1) * (TABLE.HALF_X - MARGIN - 0.03), y = (rand() * 2 - 1) * (TABLE.HALF_Y - MARGIN - 0.03);
+        // Within 7 steps of the centre on both axes: the language model's table
+        // (models.world_grammar, TABLE_STEPS) is that big, so its distances are the robot's.
+        const x = (rand() * 2 - 1) * OBJECT_REACH, y = (rand() * 2 - 1) * Math.min(OBJECT_REACH, TABLE.HALF_Y - MARGIN - 0.03);
         // Farther apart than the task's OBJECT_SPACING (0.15 m), so that each reads clearly.
         const far = this.objects.every((o) => Math.hypot(o.x - x, o.y - y) > 0.22) && Math.hypot(x, y) > 0.15;
         if (far) { this.objects.push({...pair, x, y}); break; }
