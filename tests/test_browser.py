@@ -181,7 +181,7 @@ def test_the_strategy_switch_starts_a_session_with_that_strategy(page, strategy)
     page.needs("table")
     page.page.select_option("#strategy", strategy)
     summary = page.wait(f"(() => {{ const r = window.headway.metrics.robot; return r && r.strategy === {json.dumps(strategy)}"
-                        " && r.chunks >= 5 ? r : null; }})()")
+                        " && r.chunks >= 5 ? r : null; })()")
     assert summary["connected"]
 
 

@@ -480,7 +480,10 @@ async function main() {
   $("mic").disabled = !H.info.asr;
   if (policy) {
     H.loop = new PolicyLoop(H.table, {url: wsUrl("/v1/policy"), model: policy.name, hz: 50, strategy: "rtc",
-      onEvent: (e) => H.log("policy_" + e.type, e.message ? {code: e.message.code} : {})});
+      onEvent: (e) => {
+        H.log("policy_" + e.type, e.message ? {code: e.message.code} : {});
+        if (e.type === "unsupported") { $("strategy").value = "rtc"; $("status").textContent = `robot: ${e.message.message}`; }
+      }});
     H.loop.start();
   }
   $("strategy").onchange = () => {

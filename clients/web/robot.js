@@ -256,6 +256,12 @@ export class PolicyLoop {
     ws.onmessage = (event) => {
       const m = JSON.parse(event.data);
       if (m.type === "ready") { this.ready = true; this.model = m.model; this.onEvent({type: "ready", message: m}); return; }
+      if (m.type === "error" && m.code === "unsupported" && !this.ready && o.futureState) {
+        // The model has no future-state rollout: real-time chunking without it, said so.
+        o.futureState = false;
+        this.onEvent({type: "unsupported", message: m});
+        return;
+      }
       const receivedAt = performance.now();
       // Injected latency: the reply is held as if the model had taken that much longer.
       const deliver = () => { if (session === this.session) this.arrived.push({...m, receivedAt: performance.now()}); };
