@@ -3,8 +3,9 @@ PY ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
-# Debian's speech synthesizers: the speech corpus (headway data speech) and its tests speak with them
-SYSTEM_DEPS := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
+# Debian's speech synthesizers: the speech corpus (headway data speech) and its tests speak with them;
+# chromium: the browser tests drive the demo page in it (tests/test_browser.py)
+SYSTEM_DEPS := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts chromium
 
 .PHONY: demo test install clean system-deps
 

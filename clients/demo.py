@@ -1,14 +1,20 @@
-"""``headway demo``: serve the shipped policy and drive a simulated robot against it, live.
+"""``headway demo``: one server with every embedded model, and the page that shows them, live.
 
-    headway demo                      # serve on ws://127.0.0.1:8000 until Ctrl-C
+    headway demo                      # serve on 127.0.0.1:8000 until Ctrl-C; open http://127.0.0.1:8000/ui/
     headway demo --duration 20        # stop by itself
+    headway demo --sim-robot          # also drive a simulated robot from Python (out/demo/live.png)
 
-Starts ``headway serve --model TASK --model standin`` (the shipped checkpoint at ``/`` and
-``/v1/policy``; the stand-in at ``/?model=standin``), then a simulated robot whose
-``RobotLoop`` ticks at 50 Hz against ``/v1/policy`` with real-time chunking and future-state rollout. Every
-``--refresh-s`` seconds it rewrites ``OUT/live.png``: the robot's last seconds of state and
-actions with every chunk seam marked, and the loop's numbers (delay d, underruns, jitter,
-solve rate). The server stays up for other clients (the README's quick starts) meanwhile.
+Starts one ``headway serve`` with every embedded model this checkout ships
+(:func:`serve_arguments`: the shipped policies -- ``whack`` at ``/`` for the README's quick
+starts, the goal-conditioned ``table`` for the page's robot, the stand-in at
+``/?model=standin`` -- and the speech recogniser, the speech synthesiser and the language
+model where their checkpoints exist) and prints the page's address: ``/ui/``, where a person
+talks to the table robot (or types), watches it move and sees every latency.
+
+``--sim-robot`` adds what the demo did before the page: a simulated robot whose ``RobotLoop``
+ticks at 50 Hz against ``/v1/policy`` with real-time chunking and future-state rollout, and
+every ``--refresh-s`` seconds ``OUT/live.png``: its last seconds of state and actions with
+every chunk seam marked, and the loop's numbers (delay d, underruns, jitter, solve rate).
 """
 
 from __future__ import annotations
@@ -25,11 +31,24 @@ from pathlib import Path
 
 import numpy as np
 
-SUMMARY = "serve the shipped policy and drive a simulated robot against it"
+SUMMARY = "serve every embedded model and the demo page at /ui/"
+CHECKPOINTS = Path(__file__).resolve().parent.parent / "models" / "checkpoints"
+
+
+def serve_arguments(checkpoints: Path = CHECKPOINTS) -> list[str]:
+    """The ``headway serve`` arguments of the demo's one server: every embedded model whose
+    checkpoint is in ``checkpoints`` (a model not trained yet is left out; the page says
+    what is missing)."""
+    args = ["--model", "whack"]
+    if (checkpoints / "table_flow.safetensors").exists():
+        args += ["--model", "table"]
+    return args + ["--model", "standin"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", default="whack", help="shipped checkpoint to serve and simulate (default %(default)s)")
+    parser.add_argument("--sim-robot", action="store_true",
+                        help="also drive a simulated robot of --task from Python and draw OUT/live.png")
+    parser.add_argument("--task", default="whack", help="the --sim-robot's task (default %(default)s)")
     parser.add_argument("--port", type=int, default=8000, help="port to serve on (default %(default)s)")
     parser.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
     parser.add_argument("--out", default="out/demo", help="where live.png goes (default %(default)s)")
@@ -112,13 +131,11 @@ def paint(queue, path: Path, task: str, hz: float) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from clients.server_process import ServerProcess
-    from clients.policy_link import WebsocketPolicyLink
-    from clients.robot_loop import RobotLoop
-    from clients.sim_robot import SimRobot
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    server = ServerProcess(["--model", args.task, "--model", "standin"], port=args.port)
+    serve = serve_arguments()
+    if args.sim_robot and args.task not in serve:
+        serve += ["--model", args.task]
+    server = ServerProcess(serve, port=args.port, timeout_s=180.0)
     try:
         server.start()
     except OSError as exc:
@@ -127,41 +144,60 @@ def main(args: argparse.Namespace) -> int:
         print(f"headway demo: {exc.strerror}", file=sys.stderr)
         return 1
     try:
-        print(f"headway: serving {args.task} on {server.url('/')} and {server.url('/v1/policy')}, "
-              f"the stand-in on {server.url('/?model=standin')}", flush=True)
-        link = WebsocketPolicyLink(server.url("/v1/policy"), {"strategy": "rtc", "future_state": True})
-        link.hub.set_priority(49)
-        meta = link.wait_ready()["model"]
-        hz = float(meta["control_hz"])
-        sim = SimRobot(args.task, seed=0)
-        robot = RecordingRobot(sim, window=int(args.window_s * hz))
-        loop = RobotLoop(robot, link, action_dim=meta["action_dim"], hz=hz, on_underrun=sim.hold_action)
-        loop.start(duration_s=args.duration, priority=50)  # SCHED_FIFO where permitted
-        print(f"headway: simulated {args.task} robot running at {hz:.0f} Hz; live view in {out / 'live.png'} "
-              f"(Ctrl-C stops)", flush=True)
-        started = time.monotonic()
-        context = multiprocessing.get_context("spawn")
-        pictures = context.Queue(maxsize=1)
-        painter = context.Process(target=paint, args=(pictures, out / "live.png", args.task, hz), daemon=True)
-        painter.start()
+        print(f"headway: serving {' '.join(serve)} on {server.url('/')}", flush=True)
+        print(f"headway: open http://127.0.0.1:{server.port}/ui/ in a browser (Ctrl-C stops)", flush=True)
+        if args.sim_robot:
+            return run_sim_robot(args, server)
         try:
-            while loop._thread is not None and loop._thread.is_alive():
-                time.sleep(args.refresh_s)
-                snap = snapshot(robot, loop)
-                if snap is not None and pictures.empty():
-                    pictures.put(snap)
-                summary = loop.stats.summary()
-                print(json.dumps({"t_s": round(time.monotonic() - started, 1), "episodes": sim.episodes,
-                                  "solve_rate": sim.solve_rate, "d_p50": summary["d_p50"],
-                                  "underruns": summary["underruns"], "chunks": summary["chunks"],
-                                  "jitter_p99_ms": summary["jitter_p99_ms"]}), flush=True)
+            deadline = None if args.duration is None else time.monotonic() + args.duration
+            while server.process.poll() is None and (deadline is None or time.monotonic() < deadline):
+                time.sleep(0.2)
         except KeyboardInterrupt:
             pass
-        finally:
-            loop.stop()
-            link.close()
-            pictures.put(None)
-            painter.join(10)
     finally:
         server.stop()
+    return 0
+
+
+def run_sim_robot(args: argparse.Namespace, server) -> int:
+    """A simulated robot of ``args.task`` against the server's ``/v1/policy``, with the live picture."""
+    from clients.policy_link import WebsocketPolicyLink
+    from clients.robot_loop import RobotLoop
+    from clients.sim_robot import SimRobot
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    link = WebsocketPolicyLink(server.url(f"/v1/policy?model={args.task}"), {"strategy": "rtc", "future_state": True})
+    link.hub.set_priority(49)
+    meta = link.wait_ready()["model"]
+    hz = float(meta["control_hz"])
+    sim = SimRobot(args.task, seed=0)
+    robot = RecordingRobot(sim, window=int(args.window_s * hz))
+    loop = RobotLoop(robot, link, action_dim=meta["action_dim"], hz=hz, on_underrun=sim.hold_action)
+    loop.start(duration_s=args.duration, priority=50)  # SCHED_FIFO where permitted
+    print(f"headway: simulated {args.task} robot running at {hz:.0f} Hz; live view in {out / 'live.png'} "
+          f"(Ctrl-C stops)", flush=True)
+    started = time.monotonic()
+    context = multiprocessing.get_context("spawn")
+    pictures = context.Queue(maxsize=1)
+    painter = context.Process(target=paint, args=(pictures, out / "live.png", args.task, hz), daemon=True)
+    painter.start()
+    try:
+        while loop._thread is not None and loop._thread.is_alive():
+            time.sleep(args.refresh_s)
+            snap = snapshot(robot, loop)
+            if snap is not None and pictures.empty():
+                pictures.put(snap)
+            summary = loop.stats.summary()
+            print(json.dumps({"t_s": round(time.monotonic() - started, 1), "episodes": sim.episodes,
+                              "solve_rate": sim.solve_rate, "d_p50": summary["d_p50"],
+                              "underruns": summary["underruns"], "chunks": summary["chunks"],
+                              "jitter_p99_ms": summary["jitter_p99_ms"]}), flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        loop.stop()
+        link.close()
+        pictures.put(None)
+        painter.join(10)
     return 0

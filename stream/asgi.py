@@ -170,10 +170,6 @@ class HeadwayAsgi:
         if query:
             raw_path += "?" + query
         refusal = self.server.handshake_refusal(raw_path, websocket.headers)
-        origins = self.server.config.allowed_origins
-        origin = websocket.headers.get("origin")
-        if refusal is None and origin is not None and "*" not in origins and origin not in origins:
-            refusal = HTTPStatus.FORBIDDEN, "origin not allowed\n"  # browsers only; robots send none
         if refusal is not None:
             status, body = refusal
             response = _unauthorized() if status == HTTPStatus.UNAUTHORIZED else PlainTextResponse(body, status)

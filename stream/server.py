@@ -8,6 +8,8 @@ HTTP, answered at the handshake (``process_request``), before any websocket exis
 
 * ``GET /healthz`` -> 200 ``OK`` (503 while draining). Never needs a token.
 * ``GET /metrics`` -> 200, Prometheus text format (needs the token when one is set).
+* ``GET /ui/`` -> the demo web app (static files, :mod:`stream.static_files`; ``/ui/info.json``:
+  this server's endpoints and models, for the page to find what it can use).
 * a path that is no endpoint -> 404 naming the endpoints this server has (and the closest
   one); a trailing slash is ignored (``/v1/policy/`` is ``/v1/policy``); a wrong or missing token -> 401; a browser
   ``Origin`` not on the allow-list -> 403 (clients that send no ``Origin`` -- robots,
@@ -35,15 +37,18 @@ from __future__ import annotations
 import asyncio
 import difflib
 import hmac
+import ipaddress
+import json
 import logging
 import socket
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Callable, Sequence
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from stream.engine import Engine
@@ -52,6 +57,7 @@ from stream.metrics import CONTENT_TYPE, ServerMetrics
 from stream.registry import LoadedModel
 from stream.session_protocols import ROUTES
 from stream.sessions import ServedModel, SessionPump
+from stream.static_files import StaticFiles, default_web_dir
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +78,7 @@ def not_found_message(path: str, routes: Sequence[str] = tuple(ROUTES)) -> str:
     else:
         close = difflib.get_close_matches(path, [*routes, *HTTP_ROUTES], n=1, cutoff=0.6)
         first = f"no endpoint at {path}" + (f"; did you mean {close[0]}?" if close else "")
-    return f"{first}\nwebsocket endpoints: {', '.join(routes)}; HTTP GET: {', '.join(HTTP_ROUTES)}\n"
+    return f"{first}\nwebsocket endpoints: {', '.join(routes)}; HTTP GET: {', '.join([*HTTP_ROUTES, '/ui/'])}\n"
 
 
 @dataclass
@@ -104,6 +110,8 @@ class ServerConfig:
     # Where each model's executor runs: "thread" (the engine's worker thread) or "process"
     # (a child process per model, reached by typed messages; see stream/hosts.py).
     executor_host: str = "thread"
+    # The folder served at /ui/ (None: the web app shipped in clients/web; "": no /ui/).
+    ui_dir: str | None = None
 
 
 class HeadwayServer:
@@ -149,6 +157,8 @@ class HeadwayServer:
         self._ws_server: Server | None = None
         self._watchdog: asyncio.Task | None = None
         self._closed = asyncio.Event()
+        ui_dir = default_web_dir() if self.config.ui_dir is None else (self.config.ui_dir or None)
+        self.ui = StaticFiles(ui_dir) if ui_dir is not None else None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -163,11 +173,10 @@ class HeadwayServer:
     async def start(self) -> None:
         await self.start_engines()
         c = self.config
-        origins = None if "*" in c.allowed_origins else [None, *c.allowed_origins]
         self._ws_server = await serve(
             self._handle, c.host, c.port,
             compression=None,
-            origins=origins,
+            origins=None,  # checked in _process_request (_origin_allowed): the page at /ui/ is let in
             process_request=self._process_request,
             max_size=c.max_size,
             max_queue=c.max_queue_frames,
@@ -265,6 +274,8 @@ class HeadwayServer:
             return HTTPStatus.NOT_FOUND, not_found_message(raw_path.partition("?")[0], list(self.routes))
         if not self.authorized(headers, raw_path):
             return HTTPStatus.UNAUTHORIZED, "missing or wrong token\n"
+        if not self._origin_allowed(headers):
+            return HTTPStatus.FORBIDDEN, "origin not allowed (headway serve --allowed-origin)\n"
         if self.draining:
             return HTTPStatus.SERVICE_UNAVAILABLE, "server is shutting down\n"
         try:
@@ -277,6 +288,8 @@ class HeadwayServer:
         path = canonical_path(request.path)
         if path in HTTP_ROUTES:
             return HTTP_ROUTES[path](self, connection, request)
+        if (path == "/ui" or path.startswith("/ui/")) and self.ui is not None:
+            return self._ui_file(connection, request)
         refusal = self.handshake_refusal(request.path, request.headers)
         if refusal is None:
             return None
@@ -301,6 +314,58 @@ class HeadwayServer:
         for served in self.served.values():
             self.metrics.queue_depth.labels(served.model.name).set(served.engine.queue_depth)
         return self.metrics.render().decode()
+
+    def _origin_allowed(self, headers: Any) -> bool:
+        """No ``Origin`` (not a browser), an allowed one (``--allowed-origin``, ``*`` any), or the
+        page this server itself serves at ``/ui/``: an origin equal to ``http://`` + the request's
+        ``Host``, where that host is an IP address or ``localhost``. (A host *name* could be an
+        attacker's domain rebound to this address; such a page needs ``--allowed-origin``.)"""
+        origin = headers.get("Origin")
+        allowed = self.config.allowed_origins
+        if origin is None or "*" in allowed or origin in allowed:
+            return True
+        host = headers.get("Host", "")
+        if origin != f"http://{host}":
+            return False
+        hostname = urlsplit(origin).hostname or ""
+        if hostname == "localhost":
+            return True
+        try:
+            ipaddress.ip_address(hostname)
+        except ValueError:
+            return False
+        return True
+
+    def info(self) -> dict:
+        """What ``/ui/info.json`` says: the websocket endpoints and, per model, the endpoints it
+        serves and its task (the page picks the table policy by it); a chat model that takes the
+        table's map as its ``hello`` context says ``table_context``."""
+        models = [{"name": name, "task": served.model.metadata.get("task"),
+                   "endpoints": [path for path, route in self.routes.items() if route.serves(served.model)]}
+                  for name, served in self.served.items()]
+        for entry, served in zip(models, self.served.values()):
+            if getattr(served.model.chat, "context_text", None) is not None:
+                entry["table_context"] = True  # a chat model that reads the table's map as its context
+        return {"endpoints": list(self.routes), "models": models}
+
+    def _ui_file(self, connection: ServerConnection, request: Request) -> Response:
+        raw = request.path.partition("?")[0]
+        if raw.rstrip("/") == "/ui" and not raw.endswith("/"):  # relative links need the slash
+            response = connection.respond(HTTPStatus.MOVED_PERMANENTLY, "see /ui/\n")
+            response.headers["Location"] = "/ui/"
+            return response
+        name = raw[len("/ui/"):] or "index.html"
+        if name == "info.json":
+            found = (json.dumps(self.info()).encode(), "application/json")
+        else:
+            assert self.ui is not None
+            found = self.ui.get(name)
+        if found is None:
+            return connection.respond(HTTPStatus.NOT_FOUND, f"no file {name!r} in the web app\n")
+        body, content_type = found
+        headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
+                           ("Cache-Control", "no-cache"), ("Connection", "close")])
+        return Response(HTTPStatus.OK.value, HTTPStatus.OK.phrase, headers, body)
 
     @staticmethod
     def _unauthorized(connection: ServerConnection) -> Response:
