@@ -10,14 +10,22 @@ One step's input (``WorkItem.inputs``): ``{"pcm": float32 [1280]}``, one 80 ms f
 16 kHz (the session resamples and cuts frames: ``models.audio_frames.FrameAssembler``), and
 ``"end": True`` on a stream's last frame (after its flush frames) to end its open word. A
 flush is the session feeding ``flush_frames`` frames of silence as fast as the engine takes
-them. One step's output, plain types so that it crosses a process boundary::
+them. Beside the recogniser, the same batch steps each stream's voice-activity detector
+(:class:`models.vad.SileroVad`, slots of its own). One step's output, plain types so that it
+crosses a process boundary::
 
-    {"frame": 41, "token": 3, "activity": 0.02,
+    {"frame": 41, "token": 3, "activity": 0.02, "vad": 0.97,
      "words": [{"type": "word_started", "text": "red", "start_s": 2.64},
                {"type": "word_ended", "text": "red", "start_s": 2.64, "end_s": 2.96}]}
 
 ``frame`` counts the stream's frames (0 first); a word's times are seconds of the stream's
-audio, and a word is known ``τ + 1`` frames after it starts at the earliest.
+audio, and a word is known ``τ + 1`` frames after it starts at the earliest; ``vad`` is the
+probability that the frame holds speech.
+
+Registered models (:mod:`stream.registry`): ``dsm_asr``, the shipped checkpoint, and
+``asr:PATH`` for another one (a directory holding ``dsm_asr.json``/``.safetensors``, or the path
+of either file). ``headway serve`` serves the shipped one by default when it is there
+(``--asr PATH`` another, ``--asr none`` none).
 """
 
 from __future__ import annotations
@@ -29,8 +37,14 @@ import numpy as np
 
 from stream.hosts import ExecutorSpec, RunBatch, WorkItem
 from stream.latency import CostKey
+from stream.protocol import ObservationSpec
+from stream.registry import AsrAudio, KnownModel, LoadedModel, ModelFactory, ModelOptions, register, register_resolver
 
 FRAME_SAMPLES = 1280  # models.audio_frames.FRAME_SAMPLES, without importing torch here
+SAMPLE_RATE = 16_000  # models.audio_frames.SAMPLE_RATE
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "models" / "checkpoints"  # models.dsm_asr.CHECKPOINT_DIR
+SHIPPED_NAME = "dsm_asr"
+PREFIX = "asr:"
 
 
 class DsmAsrExecutor:
@@ -43,6 +57,7 @@ class DsmAsrExecutor:
 
         from models.dsm_asr import CHECKPOINT_DIR, load_dsm_asr
         from models.dsm_streams import WordDecoder
+        from models.vad import SileroVad
 
         torch.set_num_threads(threads)
         self.torch = torch
@@ -53,6 +68,8 @@ class DsmAsrExecutor:
         self.state = self.model.new_slots(slots)
         self._new_decoder = lambda: WordDecoder(self.model.tokenizer, self.config.tau)
         self.decoders = [self._new_decoder() for _ in range(slots)]
+        self.vad = SileroVad()
+        self.vad_state = self.vad.new_slots(slots)
         self._frames = torch.zeros(slots, FRAME_SAMPLES)
         self.warm_up()
 
@@ -68,6 +85,7 @@ class DsmAsrExecutor:
 
     def open_slot(self, slot: int) -> None:
         self.state.reset(slot)
+        self.vad_state.reset(slot)
         self.decoders[slot] = self._new_decoder()
 
     def close_slot(self, slot: int) -> None:
@@ -82,6 +100,7 @@ class DsmAsrExecutor:
             self._frames[item.slot] = torch.from_numpy(np.asarray(item.inputs["pcm"], dtype=np.float32))
             active[item.slot] = True
         out = self.model.step(self.state, self._frames, active)
+        vad = self.vad.step(self.vad_state, self._frames, active)
         results = []
         for item in batch.items:
             slot = item.slot
@@ -89,7 +108,8 @@ class DsmAsrExecutor:
             if item.inputs.get("end"):
                 events += self.decoders[slot].finish()
             results.append({"frame": int(out.frame[slot]), "token": int(out.tokens[slot]),
-                            "activity": float(out.activity[slot]), "words": [_event(e) for e in events]})
+                            "activity": float(out.activity[slot]), "vad": round(float(vad[slot]), 4),
+                            "words": [_event(e) for e in events]})
         return results
 
 
@@ -112,3 +132,70 @@ def dsm_asr_executor_spec(slots: int, max_batch_size: int | None = None, checkpo
     return ExecutorSpec("stream.asr_models:DsmAsrExecutor",
                         {"slots": slots, "max_batch_size": max_batch_size, "checkpoint_dir": checkpoint_dir,
                          "name": name})
+
+
+def asr_factory(directory: Path, name: str = SHIPPED_NAME, model_name: str | None = None) -> ModelFactory:
+    """A factory serving the recogniser ``directory/name`` (its config is read here, the weights
+    where the executor is built)."""
+    directory = Path(directory).expanduser().resolve()
+
+    def factory(options: ModelOptions) -> LoadedModel:
+        import json
+
+        config_path = directory / f"{name}.json"
+        if not config_path.is_file() or not (directory / f"{name}.safetensors").is_file():
+            raise KeyError(f"no speech recogniser {name!r} in {str(directory)!r} (it needs {name}.json and "
+                           f"{name}.safetensors, written by headway train asr)")
+        config = json.loads(config_path.read_text())
+        tau = int(config.get("tau", 6))
+        slots = options.asr_slots
+        served = model_name or name
+        audio = AsrAudio(sample_rate=SAMPLE_RATE, frame_samples=FRAME_SAMPLES, tau=tau, flush_frames=tau + 2,
+                         max_buffer_s=options.asr_buffer_s)
+        return LoadedModel(
+            name=served,
+            executor_spec=dsm_asr_executor_spec(slots, min(slots, options.max_batch_size), str(directory), name),
+            max_batch_size=min(slots, options.max_batch_size),
+            metadata={"type": "metadata", "model": served, "kind": "asr", "sample_rate": SAMPLE_RATE,
+                      "frame_ms": 1000 * FRAME_SAMPLES // SAMPLE_RATE, "tau_frames": tau,
+                      "words": len(config.get("words", [])), "checkpoint": str(config_path)},
+            observation_spec=ObservationSpec({}),
+            reply_fields=lambda output: output,
+            latency_prior_s=0.005,
+            cost_of=asr_step_cost,
+            slots=slots,
+            asr=audio,
+        )
+
+    return factory
+
+
+def checkpoint_of(path: str | Path) -> tuple[Path, str]:
+    """(directory, name) of a recogniser given as a directory (``dsm_asr`` in it) or as the path
+    of its ``.json`` or ``.safetensors`` file."""
+    path = Path(path).expanduser()
+    if path.suffix in (".json", ".safetensors"):
+        return path.parent, path.stem
+    return path, SHIPPED_NAME
+
+
+def shipped_checkpoint_present() -> bool:
+    return (SHIPPED_DIR / f"{SHIPPED_NAME}.json").is_file() and (SHIPPED_DIR / f"{SHIPPED_NAME}.safetensors").is_file()
+
+
+def _resolve(name: str) -> ModelFactory | None:
+    if not name.startswith(PREFIX):
+        return None
+    directory, stem = checkpoint_of(name[len(PREFIX):])
+    return asr_factory(directory, stem)
+
+
+def _listing() -> list[KnownModel]:
+    return [KnownModel(PREFIX + "PATH", "a DSM speech recogniser checkpoint (headway train asr --out PATH), "
+                                        "served at /v1/asr and /api/asr-streaming (same as --asr PATH)")]
+
+
+register(SHIPPED_NAME, asr_factory(SHIPPED_DIR, SHIPPED_NAME),
+         "the shipped DSM speech recogniser (models/checkpoints/dsm_asr.*), at /v1/asr and /api/asr-streaming; "
+         "headway serve serves it by default when it is there")
+register_resolver(_resolve, _listing)

@@ -123,7 +123,8 @@ class Engine:
         self.batch_window_ns = int(batch_window_s * 1e9)
         self.latency = LatencyEstimate(int(latency_prior_s * 1e9))
         self.batcher = Batcher(max_batch_size, self.latency, cost_of=cost_of, margin_ns=int(margin_s * 1e9),
-                               max_queue=max_queue if max_queue is not None else max(capacity, max_batch_size))
+                               max_queue=max_queue if max_queue is not None
+                               else max(capacity, max_batch_size, 4 * (slots or 0)))
         self.metrics = metrics
         self._cond = threading.Condition(threading.Lock())
         self._controls: list[OpenSlot | CloseSlot] = []

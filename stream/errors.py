@@ -32,6 +32,7 @@ ERROR_CLOSE_CODES: dict[str, int | None] = {
     "unsupported": CLOSE_BAD_INPUT,  # a hello asks for what the model cannot do (future state without a rollout)
     "too_large": CLOSE_TOO_LARGE,  # enforced by the transport (max_size) before decoding
     "context_full": CLOSE_TOO_LARGE,  # a chat conversation would outgrow the model's context
+    "buffer_full": CLOSE_TOO_LARGE,  # a speech stream sent more audio ahead than its buffer holds
     "at_capacity": CLOSE_OVERLOADED,  # no session or state slot free on this model
     "slow_consumer": CLOSE_BAD_INPUT,  # the client stopped reading its replies
     "internal": CLOSE_INTERNAL,  # the model raised; the traceback stays in the server log

@@ -42,6 +42,8 @@ class ModelOptions:
     chat_slots: int = 8  # chat models: sessions (KV-cache slots) per model
     chat_context: int | None = None  # chat models: tokens per slot (default: the model's context)
     prefill_slice: int = 32  # chat models: most tokens of one prefill request
+    asr_slots: int = 32  # speech recognisers: streams (state slots) per model
+    asr_buffer_s: float = 10.0  # speech recognisers: most audio a stream may have waiting
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -54,6 +56,18 @@ class ChatText:
     max_context: int  # tokens a slot holds
     prefill_slice: int = 32  # most tokens one prefill request carries
     max_tokens: int = 256  # default (and largest) reply length
+
+
+@dataclass
+class AsrAudio:
+    """The server's side of a streaming speech recogniser (served at /v1/asr and
+    /api/asr-streaming): the audio it steps on and how long a word takes to come out."""
+
+    sample_rate: int  # the model's rate; sessions resample to it
+    frame_samples: int  # one step's samples at that rate
+    tau: int  # text delay in frames
+    flush_frames: int  # frames of silence that bring out the last word
+    max_buffer_s: float = 10.0  # audio a stream may have waiting before it is refused
 
 
 @dataclass
@@ -71,6 +85,7 @@ class LoadedModel:
     cost_of: CostOf = batch_size_cost  # a batch's cost key for the latency estimate
     slots: int = 0  # state slots of a stepped model (0: one-shot requests only)
     chat: ChatText | None = None  # a chat model (served at /v1/chat): its tokenizer and chat format
+    asr: AsrAudio | None = None  # a streaming speech recogniser (served at /v1/asr and /api/asr-streaming)
 
 
 ModelFactory = Callable[[ModelOptions], LoadedModel]
@@ -94,7 +109,7 @@ _SUMMARIES: dict[str, str] = {}
 _RESOLVERS: list[tuple[Resolver, Listing]] = []
 # Modules that register more models when imported; imported on the first unknown name (or
 # listing) so that serving the stand-in never imports torch.
-PLUGIN_MODULES = ["stream.policy_models", "stream.chat_models"]
+PLUGIN_MODULES = ["stream.policy_models", "stream.chat_models", "stream.asr_models"]
 _plugins_loaded = False
 
 

@@ -110,6 +110,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefill-slice", type=int, default=32,
                         help="most prompt tokens one prefill request carries: a decode step of another session "
                              "waits for at most one batch of such slices (default %(default)s)")
+    parser.add_argument("--asr", default="shipped", metavar="PATH|none",
+                        help="speech recogniser served at /v1/asr and /api/asr-streaming: a checkpoint directory "
+                             "(or its .json/.safetensors) written by headway train asr; default: the shipped "
+                             "models/checkpoints/dsm_asr when it is there; 'none' serves none")
+    parser.add_argument("--asr-slots", type=int, default=32,
+                        help="concurrent speech streams (each holds a slot); more are refused with 1013 "
+                             "(default %(default)s); --max-batch also caps the streams stepped together")
+    parser.add_argument("--asr-buffer-s", type=float, default=10.0,
+                        help="seconds of audio a speech stream may have waiting before it is refused "
+                             "(buffer_full, 1009); reading pauses at half of it (default %(default)s)")
     parser.add_argument("--standin-ms", type=float, default=20.0,
                         help="duration of every batched call of the stand-in policy (default %(default)s)")
     parser.add_argument("--max-batch", type=int, default=64, help="largest batch per model call (default %(default)s)")
@@ -162,7 +172,9 @@ def load_models(args: argparse.Namespace) -> list[registry.LoadedModel]:
     ``--policy`` that cannot be served, each with a message for the user."""
     options = registry.ModelOptions(standin_ms=args.standin_ms, max_batch_size=args.max_batch, device=args.device,
                                     chat_slots=args.chat_slots, chat_context=args.chat_context,
-                                    prefill_slice=args.prefill_slice)
+                                    prefill_slice=args.prefill_slice,
+                                    asr_slots=getattr(args, "asr_slots", 32),
+                                    asr_buffer_s=getattr(args, "asr_buffer_s", 10.0))
     models = []
     for choice in getattr(args, "policy", None) or []:
         from stream.policy_models import plugin_model  # imports torch: only when a policy is served
@@ -178,6 +190,14 @@ def load_models(args: argparse.Namespace) -> list[registry.LoadedModel]:
     for spec in args.llm:
         path, _, alias = spec.partition("=")
         models.append(registry.load("llm:" + path, options, alias=alias or None))
+    asr = getattr(args, "asr", "none")
+    if asr == "shipped":  # served when it is there, unless a --model already serves it
+        from stream.asr_models import SHIPPED_NAME, shipped_checkpoint_present
+
+        if shipped_checkpoint_present() and all(m.name != SHIPPED_NAME for m in models):
+            models.append(registry.load(SHIPPED_NAME, options))
+    elif asr != "none":
+        models.append(registry.load("asr:" + asr, options))
     return models
 
 

@@ -65,7 +65,9 @@ def not_found_message(path: str, routes: Sequence[str] = tuple(ROUTES)) -> str:
     """The 404 body: what is not here, the closest endpoint, and every endpoint there is
     (``routes``: the websocket endpoints of this server)."""
     if path in ROUTES:  # an endpoint of Headway that none of this server's models serves
-        need = "a chat model (headway serve --llm PATH)" if path == "/v1/chat" else "a policy (headway serve --model NAME)"
+        need = ("a chat model (headway serve --llm PATH)" if path == "/v1/chat"
+                else "a speech recogniser (headway serve --asr PATH)" if path in ("/v1/asr", "/api/asr-streaming")
+                else "a policy (headway serve --model NAME)")
         first = f"no endpoint at {path}: it needs {need}, and this server serves none"
     else:
         close = difflib.get_close_matches(path, [*routes, *HTTP_ROUTES], n=1, cutoff=0.6)
@@ -203,6 +205,10 @@ class HeadwayServer:
         token = self.config.token
         if not token:
             return True
+        # moshi-server's ways (its clients send them): a kyutai-api-key header, or ?auth_id=
+        kyutai = request.headers.get("kyutai-api-key") or parse_qs(request.path.partition("?")[2]).get("auth_id", [""])[-1]
+        if kyutai:
+            return hmac.compare_digest(kyutai.strip().encode(), token.encode())
         header = request.headers.get("Authorization", "")
         scheme, _, value = header.partition(" ")
         if scheme.lower() not in ("bearer", "api-key"):

@@ -22,8 +22,11 @@ after the replies already in flight, then the connection closes with the error's
 :class:`OpenpiProtocol` serves ``/`` (openpi's policy protocol, docs/protocol.md);
 :class:`RealtimePolicyProtocol` serves ``/v1/policy`` (docs/policy-protocol.md), with
 :class:`stream.realtime_session.RealtimeSessionState` keeping the robot's chunk state;
-:class:`stream.chat_session.ChatProtocol` serves ``/v1/chat`` (docs/chat-protocol.md). A route
-serves the models its class ``serves``: policies at the first two, chat models at the last.
+:class:`stream.chat_session.ChatProtocol` serves ``/v1/chat`` (docs/chat-protocol.md);
+:class:`stream.asr_session.AsrProtocol` and :class:`stream.asr_session.MoshiAsrProtocol` serve
+``/v1/asr`` and ``/api/asr-streaming`` (docs/protocol.md). A route serves the models its class
+``serves``: policies at the first two, chat models at ``/v1/chat``, speech recognisers at the
+last two.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from stream import protocol
+from stream.asr_session import AsrProtocol, MoshiAsrProtocol
 from stream.chat_session import ChatProtocol
 from stream.engine import Result
 from stream.errors import CLOSE_GOING_AWAY, ProtocolError
@@ -123,8 +127,8 @@ class RequestReplyProtocol:
 
     @classmethod
     def serves(cls, model: "LoadedModel") -> bool:
-        """Policies, not chat models."""
-        return model.chat is None
+        """Policies, not chat models or speech recognisers."""
+        return model.chat is None and model.asr is None
 
     # -- what the pump calls --------------------------------------------------------------
 
@@ -330,4 +334,5 @@ class RealtimePolicyProtocol(RequestReplyProtocol):
 
 
 ROUTES: dict[str, type[SessionProtocol]] = {"/": OpenpiProtocol, "/v1/policy": RealtimePolicyProtocol,
-                                            "/v1/chat": ChatProtocol}
+                                            "/v1/chat": ChatProtocol,
+                                            "/v1/asr": AsrProtocol, "/api/asr-streaming": MoshiAsrProtocol}
