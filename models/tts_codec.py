@@ -101,7 +101,10 @@ class MelCodec(torch.nn.Module):
         x = torch.zeros(*codes.shape[:-1], self.config.components, device=codes.device)
         for k in range(codes.shape[-1]):  # fewer codebooks than the codec has: a coarser frame
             x = x + self.codewords[k][codes[..., k]]
-        normalised = x @ self.basis.T + self.centre
+        # a broadcast product and sum rather than a matmul: the same bits for a frame whatever
+        # the batch it is decoded in (BLAS picks kernels by size, and Griffin-Lim amplifies
+        # the last bit into an audible difference a few frames later)
+        normalised = (x[..., None, :] * self.basis).sum(-1) + self.centre
         return (normalised * self.std + self.mean).reshape(*codes.shape[:-1], SUBFRAMES, N_MELS)
 
 
@@ -222,7 +225,8 @@ class StreamingGriffinLim:
 
     def magnitude(self, log_mel: torch.Tensor) -> torch.Tensor:
         """Log-mel ``[..., 8, 80]`` -> linear magnitudes ``[..., 8, 257]``."""
-        power = (log_mel.exp() - LOG_FLOOR).clamp_min(0) @ self.mel_to_power
+        mel = (log_mel.exp() - LOG_FLOOR).clamp_min(0)
+        power = (mel[..., :, None] * self.mel_to_power).sum(-2)  # batch-invariant, as decode_features
         return power.clamp_min(0).sqrt()
 
     def _overlap(self, pieces: torch.Tensor) -> torch.Tensor:
