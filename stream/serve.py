@@ -4,6 +4,9 @@
     headway serve --host 0.0.0.0 --port 8000 --token s3cret --allowed-origin https://ui.example
 
 The first ``--model`` is the default at ``/``; others are reached with ``/?model=NAME``.
+The shipped speech recogniser (``models/checkpoints/dsm_asr``) is served too, at ``/v1/asr``
+and ``/api/asr-streaming``, when it is there (``--asr PATH`` serves another, ``--asr none``
+none; ``--asr-slots`` streams at once).
 ``--model NAME=ALIAS`` serves a model under another name (e.g. two stand-ins). Without
 ``--model`` it serves the stand-in, not a trained policy; ``headway serve --help`` lists
 every model it can serve.
@@ -159,7 +162,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def epilog() -> str:
     """The models ``--model`` accepts, for ``headway serve --help`` (reads the checkpoint folder)."""
     return ("models (--model NAME):\n" + registry.describe_models() + "\n\n"
-            "Plain 'headway serve' serves the stand-in; 'headway serve --model whack' serves the trained whack policy;\n"
+            "Plain 'headway serve' serves the stand-in (and the shipped speech recogniser at /v1/asr and\n"
+            "/api/asr-streaming when models/checkpoints/dsm_asr is there; --asr none: not);\n"
+            "'headway serve --model whack' serves the trained whack policy;\n"
             "'headway serve --policy my_policy:make_policy' serves your own (docs/own-policy.md).")
 
 
