@@ -46,11 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus", type=Path, default=Path("out/speech"), help="corpus of headway data speech (its sentences)")
     parser.add_argument("--checkpoint-dir", type=Path, default=None, help="dsm_tts.* and tts_codec.* (default models/checkpoints)")
     parser.add_argument("--asr-dir", type=Path, default=None, help="recogniser dsm_asr.* (default models/checkpoints)")
-    parser.add_argument("--latency-runs", type=int, default=10)
-    parser.add_argument("--latency-rounds", type=int, default=5)
-    parser.add_argument("--max-streams", type=int, default=32)
+    parser.add_argument("--latency-runs", type=int, default=10, help="single streams timed for first_audio_ms (default %(default)s)")
+    parser.add_argument("--latency-rounds", type=int, default=5, help="rounds of 8 concurrent streams for the p99 (default %(default)s)")
+    parser.add_argument("--max-streams", type=int, default=32, help="most concurrent streams probed (default %(default)s)")
     parser.add_argument("--asr-streams", type=int, default=4, help="recognition streams fed at real time during the capacity probe")
-    parser.add_argument("--wer-sentences", type=int, default=100)
+    parser.add_argument("--wer-sentences", type=int, default=100, help="held-out sentences for the WERs (default %(default)s)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
 
 

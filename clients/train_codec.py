@@ -17,16 +17,16 @@ SUMMARY = "fit the TTS audio codec (log-mel residual k-means + streaming Griffin
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus", type=Path, default=Path("out/speech"), help="speech corpus (its sentences.jsonl)")
-    parser.add_argument("--codebooks", type=int, default=6)
-    parser.add_argument("--codebook-size", type=int, default=1024)
-    parser.add_argument("--components", type=int, default=128)
+    parser.add_argument("--codebooks", type=int, default=6, help="residual codebooks (default %(default)s)")
+    parser.add_argument("--codebook-size", type=int, default=1024, help="entries per codebook (default %(default)s)")
+    parser.add_argument("--components", type=int, default=128, help="principal components of a frame quantised (default %(default)s)")
     parser.add_argument("--iterations", type=int, default=10, help="k-means iterations per codebook")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="seed (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default %(default)s)")
     parser.add_argument("--eval", type=int, default=100, help="held-out sentences to measure the WER on")
     parser.add_argument("--out", type=Path, default=None, help="checkpoint directory (default models/checkpoints)")
     parser.add_argument("--asr-dir", type=Path, default=None, help="recogniser checkpoint directory (default models/checkpoints)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def codec_wer(codec, texts: list[str], asr_dir: Path | None = None) -> dict:

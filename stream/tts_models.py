@@ -34,7 +34,7 @@ import numpy as np
 
 from stream.hosts import ExecutorSpec, RunBatch, WorkItem
 from stream.latency import CostKey
-from stream.registry import KnownModel, LoadedModel, ModelFactory, ModelOptions, TtsVoice, register, register_resolver
+from stream.registry import KnownModel, LoadedModel, ModelFactory, ModelOptions, TtsVoice, register_resolver
 from stream.protocol import ObservationSpec
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "models" / "checkpoints"
@@ -198,17 +198,19 @@ def shipped_checkpoint_present() -> bool:
 
 
 def _resolve(name: str) -> ModelFactory | None:
+    if name == SHIPPED_NAME:
+        return tts_factory(SHIPPED_DIR, SHIPPED_NAME)
     if not name.startswith(PREFIX):
         return None
     return tts_factory(Path(name[len(PREFIX):]))
 
 
 def _listing() -> list[KnownModel]:
-    return [KnownModel(PREFIX + "DIR", "a DSM speech synthesiser (dsm_tts.* and tts_codec.* in DIR), "
-                                       "served at /v1/tts and /api/tts_streaming")]
+    return [KnownModel(SHIPPED_NAME, "the shipped DSM speech synthesiser (models/checkpoints/dsm_tts.*, tts_codec.*), "
+                                     "at /v1/tts and /api/tts_streaming; headway serve serves it by default when it "
+                                     "is there"),
+            KnownModel(PREFIX + "DIR", "a DSM speech synthesiser (dsm_tts.* and tts_codec.* in DIR), served at "
+                                       "/v1/tts and /api/tts_streaming (same as --tts DIR)")]
 
 
-register(SHIPPED_NAME, tts_factory(SHIPPED_DIR, SHIPPED_NAME),
-         "the shipped DSM speech synthesiser (models/checkpoints/dsm_tts.*, tts_codec.*), at /v1/tts and "
-         "/api/tts_streaming; headway serve serves it by default when it is there")
 register_resolver(_resolve, _listing)
