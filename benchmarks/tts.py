@@ -54,8 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
 
 
-async def _one(url: str, text: str) -> dict:
-    """One stream: first-audio latency and frame arrival times."""
+async def _one(url: str, text: str, whole: bool = True) -> dict:
+    """One stream: first-audio latency and frame arrival times (``whole`` false: cancelled
+    after its first audio)."""
     from clients.tts import TtsClient
 
     client = TtsClient(url, sample_rate=24000)
@@ -68,6 +69,8 @@ async def _one(url: str, text: str) -> dict:
         kind, _, t = await client.receive()
         if kind == "audio":
             arrivals.append(t)
+            if not whole and len(arrivals) == 1:
+                await client.cancel()
         elif kind == "done":
             break
     await client.close()
@@ -105,11 +108,11 @@ async def _asr_feeder(url: str, audio: np.ndarray, stop: asyncio.Event) -> None:
 
 async def _served(url: str, asr_url: str | None, asr_audio, sentences: list[str], args) -> dict:
     out: dict = {}
-    singles = [await _one(url, sentences[i % len(sentences)]) for i in range(args.latency_runs)]
+    singles = [await _one(url, sentences[i % len(sentences)], whole=False) for i in range(args.latency_runs)]
     out["first_audio_ms"] = round(statistics.median(s["first_audio_ms"] for s in singles), 1)
     eights = []
     for r in range(args.latency_rounds):
-        eights += await asyncio.gather(*(_one(url, sentences[(8 * r + i) % len(sentences)]) for i in range(8)))
+        eights += await asyncio.gather(*(_one(url, sentences[(8 * r + i) % len(sentences)], whole=False) for i in range(8)))
     values = sorted(s["first_audio_ms"] for s in eights)
     out["first_audio_ms_p99_8_streams"] = round(float(np.percentile(values, 99)), 1)
     out["first_audio_ms_median_8_streams"] = round(statistics.median(values), 1)

@@ -144,6 +144,41 @@ def test_words_streamed_one_by_one_give_the_codes_of_the_whole_text_at_once(tiny
     assert words == timed and [w for w, _ in words] == WORDS
 
 
+def test_streaming_steps_write_what_the_teacher_forced_forward_predicts(tiny):
+    """The step with its KV cache is the training forward, one frame at a time: fed the same
+    streams, the forward's argmax is every code the steps wrote."""
+    _, model, _ = tiny
+    c = model.config
+    runner = TtsRunner(model, 1)
+    runner.open(0)
+    for w in WORDS:
+        runner.feeders[0].push(w)
+    runner.feeders[0].end()
+    texts, aheads, written = [], [], []
+    original = model.step
+
+    def recording(slots, text, ahead, active, *rest, **kw):
+        out = original(slots, text, ahead, active, *rest, **kw)
+        texts.append(int(text[0]))
+        aheads.append(ahead[0].tolist())
+        written.append(out.audio[0].tolist())
+        return out
+
+    model.step = recording
+    try:
+        while not runner.step([0])[0].done:
+            pass
+    finally:
+        del model.step
+    audio = torch.tensor(written)[None]
+    with torch.no_grad():
+        _, logits = model(torch.tensor(texts)[None], torch.tensor(aheads)[None], audio)
+    predicted = logits.argmax(-1)[0]
+    valid = audio[0] >= 0
+    assert valid.sum() > c.codebooks * 5
+    assert torch.equal(predicted[valid], audio[0][valid])
+
+
 def test_the_stream_says_every_word_in_order_and_drains_after_the_end(tiny):
     _, model, _ = tiny
     codes, timed = synthesize_codes(model, WORDS)
@@ -176,6 +211,22 @@ async def test_v1_tts_says_ready_words_audio_frames_and_done_then_closes(tiny, s
     codes, expected = spoken(model, codec, WORDS)
     assert len(out.audio) == codes.shape[0]  # one binary frame per 80 ms frame
     np.testing.assert_allclose(pcm, expected, atol=1e-5)  # 16 kHz asked: the model's own audio
+    driver.close()
+
+
+async def test_audio_at_another_rate_is_the_torchaudio_resample_of_the_models_audio(tiny, served):
+    from models.audio_resample import resample
+
+    _, model, codec = tiny
+    loaded, engine = served
+    driver = TtsDriver(engine, TtsProtocol(loaded))
+    driver.send(hello(rate=24000))
+    driver.send_json({"type": "text", "text": " ".join(OTHER)})
+    driver.send_json({"type": "end"})
+    await driver.run()
+    pcm = np.frombuffer(b"".join(driver.out.audio), "<f4")
+    _, expected = spoken(model, codec, OTHER)
+    np.testing.assert_allclose(pcm, resample(expected, 16000, 24000), atol=1e-5)
     driver.close()
 
 
