@@ -87,8 +87,17 @@ def make_batch(model: DsmAsr, clips: Sequence[Clip], rng: np.random.Generator, b
     c = model.config
     audio, tokens, activity = [], [], []
     for _ in range(batch_size):
-        samples, words = make_sequence(clips, rng, frames, c.flush_frames)
-        stream = align_text_stream(words, frames, model.tokenizer, c.tau)
+        # Words closer together than two frames push their tokens later (a boundary and a word
+        # token each); such a stream may not fit its frames: draw another stretch then.
+        for _attempt in range(20):
+            samples, words = make_sequence(clips, rng, frames, c.flush_frames)
+            try:
+                stream = align_text_stream(words, frames, model.tokenizer, c.tau)
+                break
+            except ValueError:
+                continue
+        else:
+            raise ValueError(f"20 stretches of {frames} frames in a row had words that do not fit; use longer --frames")
         audio.append(samples.reshape(frames, FRAME_SAMPLES))
         tokens.append(stream.tokens)
         activity.append(stream.activity)

@@ -110,16 +110,20 @@ class SileroVad:
         start = torch.where(odd, 0, CHUNK // 2)  # where each row's first chunk begins, after the context
         # its context (the last 64 samples of its last chunk) right before its first chunk
         audio[torch.arange(n)[:, None], start[:, None] + torch.arange(CONTEXT)] = slots.context[rows]
-        # every row's 3 windows (an even row's third is not used) through the stateless part at once
-        offsets = start[:, None] + CHUNK * torch.arange(3)  # [n, 3]: window k = context + chunk k
-        windows = audio[torch.arange(n)[:, None, None], offsets[:, :, None] + torch.arange(CONTEXT + CHUNK)]
-        encoded = self._encode(windows.reshape(n * 3, -1)).reshape(n, 3, -1)
+        # every chunk of every row through the stateless part at once: windows 0 and 1 of all rows,
+        # window 2 of the odd rows (window k = the 64 samples before chunk k, then chunk k)
+        odd_rows = odd.nonzero().squeeze(1)
+        row_index = torch.cat([torch.arange(n), torch.arange(n), odd_rows])
+        offsets = torch.cat([start, start + CHUNK, start[odd_rows] + 2 * CHUNK])
+        windows = audio[row_index[:, None], offsets[:, None] + torch.arange(CONTEXT + CHUNK)]
+        encoded = self._encode(windows)
         h, c = slots.h[rows], slots.c[rows]
-        best = torch.zeros(n)
-        for k in range(3):
-            index = odd.nonzero().squeeze(1) if k == 2 else torch.arange(n)
-            p, h[index], c[index] = self._decode(encoded[index, k], h[index], c[index])
-            best[index] = torch.maximum(best[index], p)
+        p0, h, c = self._decode(encoded[:n], h, c)
+        p1, h, c = self._decode(encoded[n:2 * n], h, c)
+        best = torch.maximum(p0, p1)
+        if odd_rows.numel():
+            p2, h[odd_rows], c[odd_rows] = self._decode(encoded[2 * n:], h[odd_rows], c[odd_rows])
+            best[odd_rows] = torch.maximum(best[odd_rows], p2)
         last = torch.where(odd, start + 2 * CHUNK, start + CHUNK)  # the last chunk used starts here
         slots.context[rows] = audio[torch.arange(n)[:, None], last[:, None] + CHUNK + torch.arange(CONTEXT)]
         slots.h[rows], slots.c[rows] = h, c

@@ -18,6 +18,7 @@ from clients.asr import AsrClient, transcribe
 from models.audio_resample import resample
 from server_harness import ServerThread, standin
 from stream.server import ServerConfig
+from kyutai_client import SAMPLE_RATE, kyutai_transcribe
 from tiny_asr import asr_model, noise, offline_words, save_tiny_asr
 
 
@@ -39,55 +40,6 @@ def url(server, route="/v1/asr") -> str:
 
 def clamp(words, seconds):
     return [(t, min(s, round(seconds, 3)), min(e, round(seconds, 3))) for t, s, e in words]
-
-
-# -- Kyutai's client (delayed-streams-modeling scripts/stt_from_file_rust_server.py), its message flow copied --
-
-SAMPLE_RATE, FRAME_SIZE = 24000, 1920
-
-
-async def kyutai_transcribe(url: str, api_key: str, audio_data: np.ndarray, rtf: float) -> list[dict]:
-    async def receive_messages(websocket):
-        transcript = []
-        async for message in websocket:
-            data = msgpack.unpackb(message, raw=False)
-            if data["type"] == "Step":
-                continue
-            if data["type"] == "Word":
-                transcript.append({"text": data["text"], "timestamp": [data["start_time"], data["start_time"]]})
-            if data["type"] == "EndWord":
-                if len(transcript) > 0:
-                    transcript[-1]["timestamp"][1] = data["stop_time"]
-            if data["type"] == "Marker":
-                break
-        return transcript
-
-    async def send_messages(websocket):
-        async def send_audio(audio):
-            await websocket.send(msgpack.packb({"type": "Audio", "pcm": [float(x) for x in audio]}, use_single_float=True))
-
-        await send_audio([0.0] * SAMPLE_RATE)
-        start_time = asyncio.get_running_loop().time()
-        for i in range(0, len(audio_data), FRAME_SIZE):
-            await send_audio(audio_data[i: i + FRAME_SIZE])
-            expected_send_time = start_time + (i + 1) / SAMPLE_RATE / rtf
-            current_time = asyncio.get_running_loop().time()
-            if current_time < expected_send_time:
-                await asyncio.sleep(expected_send_time - current_time)
-            else:
-                await asyncio.sleep(0.001)
-        for _ in range(5):
-            await send_audio([0.0] * SAMPLE_RATE)
-        await websocket.send(msgpack.packb({"type": "Marker", "id": 0}, use_single_float=True))
-        for _ in range(35):
-            await send_audio([0.0] * SAMPLE_RATE)
-
-    headers = {"kyutai-api-key": api_key}
-    async with connect(url, additional_headers=headers) as websocket:
-        send_task = asyncio.create_task(send_messages(websocket))
-        receive_task = asyncio.create_task(receive_messages(websocket))
-        _, transcript = await asyncio.gather(send_task, receive_task)
-    return transcript
 
 
 async def test_kyutais_client_gets_the_transcript_from_asr_streaming(server, tiny):

@@ -13,7 +13,7 @@ from models.audio_augment import resample
 from models.audio_frames import FRAME_SAMPLES, SAMPLE_RATE
 from models.dsm_asr import DsmAsr, DsmAsrConfig, load_dsm_asr
 from models.dsm_asr_training import Clip, batch_loss, make_batch, make_sequence, train_dsm_asr
-from models.dsm_streams import BOUNDARY
+from models.dsm_streams import BOUNDARY, TimedWord
 from models.world_grammar import vocabulary
 
 TINY = dict(d_model=32, layers=1, heads=2, ff=64, window=16)
@@ -64,6 +64,17 @@ def test_a_batch_targets_a_boundary_and_a_token_for_every_word(clips):
     assert (batch.tokens == BOUNDARY).sum() > 0
     after = batch.tokens[:, 1:][batch.tokens[:, :-1] == BOUNDARY]
     assert (after >= 4).all()
+
+
+def test_a_batch_draws_again_when_dense_words_would_push_tokens_past_its_end():
+    # twelve words in 0.72 s: their tokens need 24 frames after the first boundary, far more
+    # than the reserve a flush needs, so a stretch ending with this clip cannot be labelled
+    words = [TimedWord("a", 0.06 * i, 0.06 * i + 0.05) for i in range(12)]
+    dense = Clip(np.zeros(int(0.75 * SAMPLE_RATE), dtype=np.float32), words)
+    quiet = Clip(np.zeros(int(0.3 * SAMPLE_RATE), dtype=np.float32), [TimedWord("stop", 0.05, 0.25)])
+    model = DsmAsr(DsmAsrConfig(words=vocabulary(), **TINY))
+    batch = make_batch(model, [dense, quiet], np.random.default_rng(5), batch_size=16, frames=30)
+    assert batch.tokens.shape == (16, 30)
 
 
 def test_training_lowers_the_loss_on_the_clips_it_sees(clips):

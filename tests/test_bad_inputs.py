@@ -125,6 +125,7 @@ class BadInput:
     code: str | None
     close_code: int | None
     chat: bool = False  # the server also serves a chat model (a tiny LM at /v1/chat)
+    asr: bool = False  # the server also serves a speech recogniser (a tiny one at /v1/asr, a 1 s buffer)
 
 
 async def error_then_close(server: ServerThread, frame: bytes | str, case: BadInput) -> None:
@@ -238,6 +239,18 @@ async def chat_past_the_context(server: ServerThread, case: BadInput) -> None:
         assert info.value.rcvd.code == case.close_code
 
 
+async def speech_past_its_buffer(server: ServerThread, case: BadInput) -> None:
+    async with connect(f"ws://127.0.0.1:{server.port}/v1/asr", compression=None, additional_headers=AUTH) as ws:
+        await ws.send(json.dumps({"type": "hello", "sample_rate": 16000, "format": "f32le"}))
+        assert json.loads(await ws.recv())["type"] == "ready"
+        await ws.send(np.zeros(32000, "<f4").tobytes())  # 2 s in one frame, into a 1 s buffer
+        error = json.loads(await ws.recv())
+        assert error["code"] == case.code and "more than 1 s of audio" in error["message"]
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.recv()
+        assert info.value.rcvd.code == case.close_code
+
+
 async def more_sessions_than_capacity(server: ServerThread, case: BadInput) -> None:
     extra = [await connect(server.url, additional_headers=AUTH) for _ in range(2)]  # good client + 2 = 3
     for ws in extra:
@@ -282,16 +295,30 @@ CASES = [
     BadInput("client_that_never_reads", client_that_never_reads, "slow_consumer", 1008),
     BadInput("more_sessions_than_capacity", more_sessions_than_capacity, "at_capacity", 1013),
     BadInput("chat_past_the_context", chat_past_the_context, "context_full", 1009, chat=True),
+    BadInput("speech_past_its_buffer", speech_past_its_buffer, "buffer_full", 1009, asr=True),
     BadInput("wrong_token", wrong_token, None, None),
     BadInput("disconnect_mid_inference", disconnect_mid_inference, None, None),
 ]
 
 
+@pytest.fixture(scope="module")
+def tiny_asr_dir(tmp_path_factory):
+    from tiny_asr import save_tiny_asr
+
+    directory = tmp_path_factory.mktemp("asr")
+    save_tiny_asr(directory)
+    return directory
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-async def test_bad_input_gets_its_documented_answer_while_a_good_session_keeps_its_rate(case):
+async def test_bad_input_gets_its_documented_answer_while_a_good_session_keeps_its_rate(case, tiny_asr_dir):
     models = [standin(5)]
     if case.chat:
         models.append(registry.load(f"llm:{tiny_llm(max_context=1024)}"))
+    if case.asr:
+        from tiny_asr import asr_model
+
+        models.append(asr_model(tiny_asr_dir, slots=2, buffer_s=1.0))
     with ServerThread(models, CONFIG) as server:
         with GoodClient(server.url) as good:
             assert await eventually(lambda: good.replies >= 5)
