@@ -342,11 +342,14 @@ class TextFeeder:
 # -- files ----------------------------------------------------------------------------------
 
 def save_dsm_tts(model: DsmTts, directory: Path = CHECKPOINT_DIR, name: str = CHECKPOINT_NAME) -> tuple[Path, Path]:
+    """Write ``NAME.safetensors`` (weights as float16, to keep the shipped file small; loaded
+    back as float32) and ``NAME.json`` (config)."""
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
     weights, config = directory / f"{name}.safetensors", directory / f"{name}.json"
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(weights))
+    save_file({k: (v.half() if v.is_floating_point() else v).detach().contiguous()
+               for k, v in model.state_dict().items()}, str(weights))
     config.write_text(model.config.to_json())
     return weights, config
 
@@ -355,7 +358,8 @@ def load_dsm_tts(directory: Path = CHECKPOINT_DIR, name: str = CHECKPOINT_NAME) 
     from safetensors.torch import load_file
 
     model = DsmTts(DsmTtsConfig.from_json((directory / f"{name}.json").read_text()))
-    model.load_state_dict(load_file(str(directory / f"{name}.safetensors")))
+    state = load_file(str(directory / f"{name}.safetensors"))
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return model.eval()
 
 
