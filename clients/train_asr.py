@@ -9,6 +9,7 @@ reports the word error rate on both test splits, which it never trains on.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -28,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ff", type=int, default=512, help="feed-forward width (default %(default)s)")
     parser.add_argument("--window", type=int, default=64, help="attention window = KV cache length in frames")
     parser.add_argument("--tau", type=int, default=6, help="text delay in frames (default %(default)s = 0.48 s)")
+    parser.add_argument("--text-noise", type=float, default=0.2,
+                        help="fraction of teacher-forced input words replaced by random words (default %(default)s)")
+    parser.add_argument("--no-spec-augment", action="store_true", help="no SpecAugment masks on the features")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation and batches (default %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--train-limit", type=int, default=None, help="train on the first N utterances only")
@@ -62,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from models.dsm_asr import CHECKPOINT_DIR, DsmAsr, DsmAsrConfig, save_dsm_asr
-    from models.dsm_asr_training import evaluate_wer, feature_statistics, train_dsm_asr
+    from models.dsm_asr_training import Regularisation, evaluate_wer, feature_statistics, train_dsm_asr
     from models.speech_corpus import HELDOUT_SPEAKER_VOICES, check_corpus
     from models.world_grammar import vocabulary
     from policies.training import save_loss_curve
@@ -93,8 +97,10 @@ def main(args: argparse.Namespace) -> int:
             bar.set_postfix(loss=f"{loss:.3f}", text=f"{parts['text']:.3f}", activity=f"{parts['activity']:.3f}")
 
     t1 = time.perf_counter()
+    regularisation = Regularisation(text_noise=args.text_noise,
+                                    **({"freq_masks": 0, "time_every": 10**9} if args.no_spec_augment else {}))
     losses = train_dsm_asr(model, clips, steps=args.steps, batch_size=args.batch_size, frames=args.frames, lr=args.lr,
-                           seed=args.seed, on_step=on_step)
+                           seed=args.seed, regularisation=regularisation, on_step=on_step)
     bar.close()
     t_train = time.perf_counter() - t1
     results = {}
@@ -104,6 +110,7 @@ def main(args: argparse.Namespace) -> int:
             results[split] = evaluate_wer(model, test)
     config.extra = {"corpus": str(args.corpus), "train_utterances": len(clips), "steps": args.steps,
                     "batch_size": args.batch_size, "frames": args.frames, "lr": args.lr, "seed": args.seed,
+                    "regularisation": dataclasses.asdict(regularisation),
                     "final_loss": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 4),
                     "train_seconds": round(t_train, 1), "evaluation": results}
     weights, config_path = save_dsm_asr(model, out, args.name)

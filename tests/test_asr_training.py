@@ -10,9 +10,9 @@ import torch
 
 from clients.synthesizers import Espeak
 from models.audio_augment import resample
-from models.audio_frames import FRAME_SAMPLES, SAMPLE_RATE
+from models.audio_frames import FRAME_SAMPLES, N_MELS, SAMPLE_RATE, SUBFRAMES
 from models.dsm_asr import DsmAsr, DsmAsrConfig, load_dsm_asr
-from models.dsm_asr_training import Clip, batch_loss, make_batch, make_sequence, train_dsm_asr
+from models.dsm_asr_training import Clip, Regularisation, batch_loss, make_batch, make_sequence, train_dsm_asr
 from models.dsm_streams import BOUNDARY, TimedWord
 from models.world_grammar import vocabulary
 
@@ -128,3 +128,19 @@ def test_the_train_command_refuses_a_corpus_whose_training_split_holds_the_held_
     train_asr.add_arguments(parser)
     with pytest.raises(CorpusError, match="voice"):
         train_asr.main(parser.parse_args(["--corpus", str(corpus), "--steps", "1", "--out", str(tmp_path / "c")]))
+
+
+def test_text_noise_replaces_only_word_tokens_and_with_words():
+    previous = torch.tensor([[0, 1, 2, 3] + list(range(4, 24))] * 50)
+    noised = Regularisation(text_noise=0.5).text(previous, 30, torch.Generator().manual_seed(0))
+    assert torch.equal(noised[:, :4], previous[:, :4])  # PAD, boundary and the other specials stay
+    changed = noised[:, 4:] != previous[:, 4:]
+    assert 0.3 < changed.float().mean() < 0.6 and (noised[:, 4:] >= 4).all() and (noised < 30).all()
+
+
+def test_spec_augment_masks_bands_and_stretches_to_the_mean_and_keeps_the_shape():
+    features = torch.ones(3, 48, SUBFRAMES * N_MELS)
+    masked = Regularisation(freq_masks=2, freq_width=12, time_width=4, time_every=12).features(
+        features, torch.Generator().manual_seed(1))
+    assert masked.shape == features.shape and set(masked.unique().tolist()) <= {0.0, 1.0}
+    assert 0 < (masked == 0).float().mean() < 0.3
