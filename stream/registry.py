@@ -44,6 +44,7 @@ class ModelOptions:
     prefill_slice: int = 32  # chat models: most tokens of one prefill request
     asr_slots: int = 32  # speech recognisers: streams (state slots) per model
     asr_buffer_s: float = 10.0  # speech recognisers: most audio a stream may have waiting
+    tts_slots: int = 16  # speech synthesisers: streams (state slots) per model
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -74,6 +75,17 @@ class AsrAudio:
 
 
 @dataclass
+class TtsVoice:
+    """The server's side of a streaming speech synthesiser (served at /v1/tts and
+    /api/tts_streaming): its voice, its rate and the words it can say."""
+
+    voice: str
+    sample_rate: int  # the model's own rate; audio is resampled to the rate a client asks
+    words: tuple[str, ...]  # its vocabulary; other words are skipped
+    lookahead: int = 2  # words it reads ahead of the one it speaks
+
+
+@dataclass
 class LoadedModel:
     """What the server needs of a model. The executor itself is built where it will run
     (the engine's worker thread, or another process) from ``executor_spec``."""
@@ -89,6 +101,7 @@ class LoadedModel:
     slots: int = 0  # state slots of a stepped model (0: one-shot requests only)
     chat: ChatText | None = None  # a chat model (served at /v1/chat): its tokenizer and chat format
     asr: AsrAudio | None = None  # a streaming speech recogniser (served at /v1/asr and /api/asr-streaming)
+    tts: TtsVoice | None = None  # a streaming speech synthesiser (served at /v1/tts and /api/tts_streaming)
 
 
 ModelFactory = Callable[[ModelOptions], LoadedModel]
@@ -112,7 +125,7 @@ _SUMMARIES: dict[str, str] = {}
 _RESOLVERS: list[tuple[Resolver, Listing]] = []
 # Modules that register more models when imported; imported on the first unknown name (or
 # listing) so that serving the stand-in never imports torch.
-PLUGIN_MODULES = ["stream.policy_models", "stream.chat_models", "stream.asr_models"]
+PLUGIN_MODULES = ["stream.policy_models", "stream.chat_models", "stream.asr_models", "stream.tts_models"]
 _plugins_loaded = False
 
 

@@ -124,6 +124,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--asr-buffer-s", type=float, default=10.0,
                         help="seconds of audio a speech stream may have waiting before it is refused "
                              "(buffer_full, 1009); reading pauses at half of it (default %(default)s)")
+    parser.add_argument("--tts", default="shipped", metavar="DIR|none",
+                        help="speech synthesiser served at /v1/tts and /api/tts_streaming: a directory holding "
+                             "dsm_tts.* and tts_codec.* (headway train codec, headway train tts); default: the shipped "
+                             "models/checkpoints ones when they are there; 'none' serves none")
+    parser.add_argument("--tts-slots", type=int, default=16,
+                        help="concurrent synthesis streams (each holds a slot); more are refused with 1013 "
+                             "(default %(default)s)")
     parser.add_argument("--standin-ms", type=float, default=20.0,
                         help="duration of every batched call of the stand-in policy (default %(default)s)")
     parser.add_argument("--max-batch", type=int, default=64, help="largest batch per model call (default %(default)s)")
@@ -180,7 +187,8 @@ def load_models(args: argparse.Namespace) -> list[registry.LoadedModel]:
                                     chat_slots=args.chat_slots, chat_context=args.chat_context,
                                     prefill_slice=args.prefill_slice,
                                     asr_slots=getattr(args, "asr_slots", 32),
-                                    asr_buffer_s=getattr(args, "asr_buffer_s", 10.0))
+                                    asr_buffer_s=getattr(args, "asr_buffer_s", 10.0),
+                                    tts_slots=getattr(args, "tts_slots", 16))
     models = []
     for choice in getattr(args, "policy", None) or []:
         from stream.policy_models import plugin_model  # imports torch: only when a policy is served
@@ -210,6 +218,14 @@ def load_models(args: argparse.Namespace) -> list[registry.LoadedModel]:
             models.append(registry.load(asr_models.SHIPPED_NAME, options))
     elif asr != "none":
         models.append(registry.load("asr:" + asr, options))
+    tts = getattr(args, "tts", "none")
+    if tts == "shipped":  # served when it is there, unless a --model already serves it
+        from stream.tts_models import SHIPPED_NAME as TTS_NAME, shipped_checkpoint_present as tts_present
+
+        if tts_present() and all(m.name != TTS_NAME for m in models):
+            models.append(registry.load(TTS_NAME, options))
+    elif tts != "none":
+        models.append(registry.load("tts:" + tts, options))
     return models
 
 

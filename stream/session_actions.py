@@ -4,7 +4,7 @@ A protocol returns a list of actions; the pump (:mod:`stream.sessions`) carries 
 order: :class:`Send` a frame, :class:`Submit` a request to the engine (its outcome comes
 back to the protocol's ``answered``), :class:`CancelQueued` to take the session's queued
 requests off the engine's queue (their outcomes never come back), :class:`Close` the
-connection.
+connection, or :class:`Wake` it later (a paced session).
 """
 
 from __future__ import annotations
@@ -50,7 +50,15 @@ class Close:
     reason: str
 
 
-Action = Send | Submit | CancelQueued | Close
+@dataclass
+class Wake:
+    """Call the protocol's ``woke(now_ns)`` at (or soon after) ``at_ns`` (monotonic clock), unless
+    the session has ended: a protocol that paces its output (speech synthesis) waits this way."""
+
+    at_ns: int
+
+
+Action = Send | Submit | CancelQueued | Close | Wake
 
 
 def report_and_close(error: ProtocolError) -> list[Action]:

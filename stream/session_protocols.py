@@ -25,8 +25,10 @@ after the replies already in flight, then the connection closes with the error's
 :class:`stream.chat_session.ChatProtocol` serves ``/v1/chat`` (docs/chat-protocol.md);
 :class:`stream.asr_session.AsrProtocol` and :class:`stream.asr_session.MoshiAsrProtocol` serve
 ``/v1/asr`` and ``/api/asr-streaming`` (docs/protocol.md). A route serves the models its class
-``serves``: policies at the first two, chat models at ``/v1/chat``, speech recognisers at the
-last two.
+``serves``: policies at the first two, chat models at ``/v1/chat``, speech recognisers at
+``/v1/asr`` and ``/api/asr-streaming``; :class:`stream.tts_session.TtsProtocol` and
+:class:`stream.tts_session.MoshiTtsProtocol` serve speech synthesisers at ``/v1/tts`` and
+``/api/tts_streaming``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from stream import protocol
 from stream.asr_session import AsrProtocol, MoshiAsrProtocol
 from stream.chat_session import ChatProtocol
+from stream.tts_session import MoshiTtsProtocol, TtsProtocol
 from stream.engine import Result
 from stream.errors import CLOSE_GOING_AWAY, ProtocolError
 from stream.session_actions import (  # noqa: F401  (re-exported)
@@ -127,8 +130,8 @@ class RequestReplyProtocol:
 
     @classmethod
     def serves(cls, model: "LoadedModel") -> bool:
-        """Policies, not chat models or speech recognisers."""
-        return model.chat is None and model.asr is None
+        """Policies, not chat models or speech models."""
+        return model.chat is None and model.asr is None and model.tts is None
 
     # -- what the pump calls --------------------------------------------------------------
 
@@ -335,4 +338,5 @@ class RealtimePolicyProtocol(RequestReplyProtocol):
 
 ROUTES: dict[str, type[SessionProtocol]] = {"/": OpenpiProtocol, "/v1/policy": RealtimePolicyProtocol,
                                             "/v1/chat": ChatProtocol,
-                                            "/v1/asr": AsrProtocol, "/api/asr-streaming": MoshiAsrProtocol}
+                                            "/v1/asr": AsrProtocol, "/api/asr-streaming": MoshiAsrProtocol,
+                                            "/v1/tts": TtsProtocol, "/api/tts_streaming": MoshiTtsProtocol}

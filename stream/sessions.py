@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 
 from stream.engine import Engine
 from stream.errors import CLOSE_BAD_INPUT, ProtocolError
-from stream.session_actions import Action, CancelQueued, Close, Send, Submit
+from stream.session_actions import Action, CancelQueued, Close, Send, Submit, Wake
 from stream.session_protocols import SessionProtocol
 
 if TYPE_CHECKING:
@@ -62,6 +62,7 @@ class SessionPump:
         self._futures: set[asyncio.Future] = set()
         self._ticket = None
         self._closing = False
+        self._ended = False  # run() has returned: a Wake due later does nothing
         self._replies = {}  # code -> bound counter, resolved lazily
         self._request_seconds = metrics.request_seconds.labels(self._model_name, self.route)
         self._execution_horizon = metrics.execution_horizon.labels(self._model_name)
@@ -96,6 +97,7 @@ class SessionPump:
         except ConnectionClosed:
             pass
         finally:
+            self._ended = True
             self.engine.close_session(self._ticket)
             gauge.dec()
             writer.cancel()
@@ -133,9 +135,17 @@ class SessionPump:
                 future.add_done_callback(partial(self._answered, action.key))
             elif isinstance(action, CancelQueued):
                 self.engine.cancel_queued(self._ticket)
+            elif isinstance(action, Wake):
+                delay = max(0.0, (action.at_ns - time.monotonic_ns()) / 1e9)
+                asyncio.get_running_loop().call_later(delay, self._woke)
             else:
                 self._outbox.append(action)
                 self._wake_writer.set()
+
+    def _woke(self) -> None:
+        if self._ended or self._closing or self.protocol.closing:
+            return
+        self._perform(self.protocol.woke(time.monotonic_ns()))  # type: ignore[attr-defined]
 
     def _answered(self, key: int, future: asyncio.Future) -> None:
         self._futures.discard(future)
