@@ -20,7 +20,7 @@ SUMMARY = "train the embedded chat model of the demo world (served at /v1/chat b
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=int, default=3000, help="optimizer steps (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=4000, help="optimizer steps (default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="dialogues per step (default %(default)s)")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default %(default)s)")
     parser.add_argument("--size", default="small", choices=("tiny", "small", "medium"),

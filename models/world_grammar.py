@@ -421,22 +421,19 @@ def table_context(table: Table) -> str:
     """The table as the language model reads it: the system turn of every conversation, in
     training (``headway train lm``) and in serving (a chat ``hello`` whose ``context`` is the
     table's map, :meth:`Table.from_state`). Where the gripper is and what it is doing, then
-    each object, its region and how many steps it is from the gripper, short (every token of
-    it is prefilled for every conversation): ``gripper centre, waiting. redcube topleft
-    seven; blueball right three.``. An object and a region are each one word, so one token
-    of the byte-level tokenizer: whether the red cube is on the table is then whether one
-    token is in the context, a lookup a small model learns (as two words, "red" and "cube"
-    apart, it did not)."""
-    gripper = f"gripper {_one_word(region_of(*table.gripper))}, {doing_words(table.goal)}."
+    each object, its region and how many steps it is from the gripper, in words and short
+    (every token of it is prefilled for every conversation): ``gripper centre, waiting.
+    red cube top left, seven; blue ball right, three.``"""
+    gripper = f"gripper {_region_words(region_of(*table.gripper))}, {doing_words(table.goal)}."
     if not table.objects:
         return f"{gripper} nothing on the table."
-    things = "; ".join(f"{o.color}{o.shape} {_one_word(region_of(o.x, o.y))} {_number(table.distance(o))}"
+    things = "; ".join(f"{o.name} {_region_words(region_of(o.x, o.y))}, {_number(table.distance(o))}"
                        for o in table.objects)
     return f"{gripper} {things}."
 
 
-def _one_word(region: str) -> str:
-    return region.replace("_", "")
+def _region_words(region: str) -> str:
+    return region.replace("_", " ")
 
 
 def context_text(state: Any) -> str:

@@ -114,10 +114,9 @@ class Dialogue:
     turns: tuple[tuple[str, str], ...]
 
 
-# How often a dialogue's sentence is of each kind: those answered from the table (reaching an
-# object, questions) and control more often than among distinct sentences (where the many
-# ways to name an object or a move dominate).
-DIALOGUE_KINDS = {"reach": 0.34, "move": 0.14, "region": 0.1, "control": 0.08, "question": 0.26, "small_talk": 0.08}
+# How often a dialogue's sentence is of each kind: questions and control more often than
+# among distinct sentences (where the many ways to name an object or a move dominate).
+DIALOGUE_KINDS = {"reach": 0.28, "move": 0.18, "region": 0.12, "control": 0.1, "question": 0.24, "small_talk": 0.08}
 
 
 def sample_dialogues(sentences: Sequence[Sentence], n: int, seed: int) -> list[Dialogue]:

@@ -116,9 +116,9 @@ def test_questions_are_answered_from_the_table():
         "Yes, the blue ring is two steps away."
 
 
-def test_the_context_names_every_object_with_its_region_and_distance_each_in_one_word():
-    assert table_context(TABLE) == ("gripper centre, going to the red cube. redcube topleft eight; "
-                                    "blueball topright five; bluering centre two.")
+def test_the_context_names_every_object_with_its_region_and_distance_in_words():
+    assert table_context(TABLE) == ("gripper centre, going to the red cube. red cube top left, eight; "
+                                    "blue ball top right, five; blue ring centre, two.")
     assert region_of(-6, 5) == "top_left" and region_of(0, -2) == "centre" and region_of(7, 0) == "right"
 
 
