@@ -33,7 +33,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used:Depre
 def serve_args(*argv: str) -> tuple[list, ServerConfig]:
     parser = argparse.ArgumentParser()
     serve.add_arguments(parser)
-    args = parser.parse_args(["--asr", "none", *argv])  # policies only: no speech recogniser beside them
+    args = parser.parse_args(["--asr", "none", "--tts", "none", *argv])  # policies only: no speech models beside them
     return serve.load_models(args), serve.config_from_args(args)
 
 
