@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import importlib
 import json
 import logging
 import os
@@ -210,22 +211,14 @@ def load_models(args: argparse.Namespace) -> list[registry.LoadedModel]:
 
         if chat_models.shipped_checkpoint_present():
             models.append(registry.load(chat_models.SHIPPED_NAME, options))
-    asr = getattr(args, "asr", "none")
-    if asr == "shipped":  # served when it is there, unless a --model already serves it
-        from stream import asr_models
-
-        if asr_models.shipped_checkpoint_present() and all(m.name != asr_models.SHIPPED_NAME for m in models):
-            models.append(registry.load(asr_models.SHIPPED_NAME, options))
-    elif asr != "none":
-        models.append(registry.load("asr:" + asr, options))
-    tts = getattr(args, "tts", "none")
-    if tts == "shipped":  # served when it is there, unless a --model already serves it
-        from stream.tts_models import SHIPPED_NAME as TTS_NAME, shipped_checkpoint_present as tts_present
-
-        if tts_present() and all(m.name != TTS_NAME for m in models):
-            models.append(registry.load(TTS_NAME, options))
-    elif tts != "none":
-        models.append(registry.load("tts:" + tts, options))
+    for kind in ("asr", "tts"):
+        choice = getattr(args, kind, "none")
+        if choice == "shipped":  # served when it is there, unless a --model already serves it
+            shipped = importlib.import_module(f"stream.{kind}_models")
+            if shipped.shipped_checkpoint_present() and all(m.name != shipped.SHIPPED_NAME for m in models):
+                models.append(registry.load(shipped.SHIPPED_NAME, options))
+        elif choice != "none":
+            models.append(registry.load(f"{kind}:{choice}", options))
     return models
 
 
