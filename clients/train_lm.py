@@ -20,13 +20,13 @@ SUMMARY = "train the embedded chat model of the demo world (served at /v1/chat b
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=int, default=4000, help="optimizer steps (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=8000, help="optimizer steps (default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="dialogues per step (default %(default)s)")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default %(default)s)")
     parser.add_argument("--size", default="small", choices=("tiny", "small", "medium"),
                         help="model shape, models.world_lm.SIZES (default %(default)s)")
     parser.add_argument("--vocab-size", type=int, default=1024, help="tokenizer vocabulary (default %(default)s)")
-    parser.add_argument("--dialogues", type=int, default=60000,
+    parser.add_argument("--dialogues", type=int, default=120000,
                         help="training dialogues drawn (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of dialogues, initialisation and batches")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--typed", action="store_true",
                         help="also evaluate the held-out sentences as typed (a capital, closing punctuation): "
                              "the typed_* groups")
+    parser.add_argument("--probe-every", type=int, default=1000,
+                        help="every N steps, score grounding on training reach commands at fresh tables "
+                             "(0: never; default %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -74,11 +77,16 @@ def main(args: argparse.Namespace) -> int:
     model = world_lm.build_model(tokenizer, args.size, seed=args.seed)
     t_data = time.perf_counter() - t0
     bar = tqdm(total=args.steps, desc="train lm", unit="step", disable=args.no_progress)
+    probe = world_lm.probe_cases(train_sentences)
+    probes: list[dict] = []
 
     def on_step(step: int, loss: float) -> None:
         bar.update(1)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss:.4f}")
+        if args.probe_every and (step + 1) % args.probe_every == 0:
+            probes.append({"step": step + 1, **_probe(model, tokenizer, probe)})
+            bar.write(f"step {step + 1}: grounding probe {probes[-1]}")
 
     t1 = time.perf_counter()
     losses = world_lm.train(model, examples, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -98,10 +106,24 @@ def main(args: argparse.Namespace) -> int:
               "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "size": args.size,
               "seed": args.seed, "threads": args.threads,
               "final_loss": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 4),
-              "data_seconds": round(t_data, 1), "train_seconds": round(t_train, 1), "evaluation": evaluation}
+              "grounding_probe": probes, "data_seconds": round(t_data, 1), "train_seconds": round(t_train, 1), "evaluation": evaluation}
     (out / "training.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report))
     return 0
+
+
+def _probe(model, tokenizer, cases) -> dict:
+    """Reach goals right, and not-on-table answers right, of the model as it is now."""
+    import tempfile
+
+    from models import world_lm
+    from models.lm import CausalLM
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        result = world_lm.evaluate(CausalLM(tmp), cases)
+    return {"reach": result["reach"]["goal_exact"], "not_on_table": result.get("not_on_table", {}).get("goal_exact")}
 
 
 def _evaluate(path: Path, cases) -> dict:
