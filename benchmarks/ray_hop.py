@@ -94,15 +94,11 @@ def _brief(result: dict) -> dict:
 
 
 def _start_ray(args: argparse.Namespace):
-    import os
-
     import ray
 
     from stream import ray_serve
 
-    os.environ.setdefault("RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING", "0")
-    if args.haproxy:
-        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+    ray_serve.ray_environment(haproxy=args.haproxy)
     ray.init(address=args.address or "local",  # local: a new instance, never one found running
              num_cpus=None if args.address else args.num_cpus, include_dashboard=False,
              logging_level="ERROR")

@@ -32,7 +32,7 @@ from starlette.websockets import WebSocket, WebSocketState
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close
 
-from stream.errors import CLOSE_GOING_AWAY
+from stream.errors import CLOSE_GOING_AWAY, CLOSE_SERVICE_RESTART
 from stream.metrics import CONTENT_TYPE
 from stream.server import HeadwayServer
 
@@ -228,3 +228,43 @@ def uvicorn_config(app, host: str, port: int, server: HeadwayServer):
                           ws_ping_interval=c.ping_interval_s, ws_ping_timeout=c.ping_timeout_s,
                           ws_per_message_deflate=False, lifespan="on", log_level="warning",
                           timeout_graceful_shutdown=int(c.drain_timeout_s))
+
+
+class CloseAbandonedWebsockets:
+    """ASGI middleware for a proxy in front of replicas (Ray Serve's ingress: see
+    :func:`stream.ray_serve.proxy_middlewares`). A websocket that the app behind it accepted
+    and then left without a close frame -- the replica serving it died -- is closed with
+    ``code`` (1012, service restart: reconnect) instead of dropped, which a client would see
+    as 1006 with no reason. Closes the app or the client made pass through untouched."""
+
+    def __init__(self, app: Any, code: int = CLOSE_SERVICE_RESTART, reason: str = "replica lost; reconnect"):
+        self.app = app
+        self.code = code
+        self.reason = reason
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+            return
+        accepted = ended = False
+
+        async def tracked_send(message: dict) -> None:
+            nonlocal accepted, ended
+            accepted = accepted or message["type"] == "websocket.accept"
+            ended = ended or message["type"] == "websocket.close"
+            await send(message)
+
+        async def tracked_receive() -> dict:
+            nonlocal ended
+            message = await receive()
+            ended = ended or message["type"] == "websocket.disconnect"
+            return message
+
+        try:
+            await self.app(scope, tracked_receive, tracked_send)
+        finally:
+            if accepted and not ended:
+                try:
+                    await send({"type": "websocket.close", "code": self.code, "reason": self.reason})
+                except Exception:  # the client went meanwhile: nothing to tell
+                    log.debug("could not close an abandoned websocket", exc_info=True)

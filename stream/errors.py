@@ -16,6 +16,7 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_BAD_INPUT = 1008
 CLOSE_TOO_LARGE = 1009
 CLOSE_INTERNAL = 1011
+CLOSE_SERVICE_RESTART = 1012  # the server behind a proxy is gone: reconnect
 CLOSE_OVERLOADED = 1013
 
 # Error codes. Each maps to the close code that follows it (None: the session stays open).

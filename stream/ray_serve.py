@@ -28,6 +28,32 @@ SUMMARY = "serve on Ray Serve: replicas of whole Headway apps, or remote executo
 APP_NAME = "headway"
 
 
+def ray_environment(haproxy: bool = False) -> None:
+    """Set the variables the Ray instance started after this reads (a cluster that ``ray
+    start`` made needs them set where each node started: docs/scale-out.md).
+
+    * Ray's proxy prefers the replicas on its own node until they are full; a session is a
+      request, so every session would land there: spread them.
+    * Ray's proxy drops a killed replica's websockets without a close frame (1006):
+      :func:`proxy_middlewares` closes them with 1012 instead.
+    * ``haproxy``: Ray Serve's HAProxy ingress instead of its Python proxy (the middleware
+      does not run there: a killed replica's sockets drop)."""
+    os.environ.setdefault("RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING", "0")
+    os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", f"{__name__}.proxy_middlewares")
+    if haproxy:
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+
+
+def proxy_middlewares() -> list:
+    """What Ray's Python proxy wraps its ASGI app in (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``):
+    :class:`stream.asgi.CloseAbandonedWebsockets`."""
+    from starlette.middleware import Middleware
+
+    from stream.asgi import CloseAbandonedWebsockets
+
+    return [Middleware(CloseAbandonedWebsockets)]
+
+
 def autoscale_range(text: str) -> tuple[int, int]:
     low, sep, high = text.partition("..")
     try:
@@ -110,12 +136,7 @@ def main(args: argparse.Namespace) -> int:
         print("headway ray serve: --remote-executor serves --model models (a plug-in policy runs in replica mode)",
               file=sys.stderr)
         return 2
-    # Ray's proxy prefers the replicas on its own node until they are full; a session is a
-    # request, so every session would land there. Spread them (a cluster that 'ray start'
-    # made needs this variable set where it started: docs/scale-out.md).
-    os.environ.setdefault("RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING", "0")
-    if args.haproxy:
-        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+    ray_environment(haproxy=args.haproxy)
     ray.init(address=args.address or "local",  # local: a new instance, never one found running
              num_cpus=args.num_cpus if args.address is None else None,
              include_dashboard=False, logging_level=logging.WARNING)

@@ -8,7 +8,6 @@ update). Select these tests with ``-m ray``; leave them out with ``-m 'not ray'`
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import numpy as np
@@ -27,6 +26,7 @@ from clients.server_process import free_port  # noqa: E402
 from policies.standin import standin_actions  # noqa: E402
 from server_harness import state_for  # noqa: E402
 from stream import ray_serve, wire  # noqa: E402
+from stream.errors import CLOSE_SERVICE_RESTART  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240),
               pytest.mark.filterwarnings("ignore:connect\\(\\) must be used:DeprecationWarning")]
@@ -43,9 +43,7 @@ def ray_args(*argv: str, port: int) -> argparse.Namespace:
 
 @pytest.fixture(scope="module")
 def cluster():
-    # Ray's proxy prefers replicas on its own node until they are full: with sessions as
-    # requests, every session would land on the head node's replica (docs/scale-out.md).
-    os.environ["RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING"] = "0"
+    ray_serve.ray_environment()  # sessions spread over replicas; a killed replica's sockets get 1012
     nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
                                                           "object_store_memory": 80 * 2**20})
     nodes.add_node(num_cpus=1, object_store_memory=80 * 2**20)
@@ -183,6 +181,31 @@ def test_robot_sessions_spread_over_both_replicas_and_resume_on_the_live_one_whe
     for robot in robots:  # every action the robot ran is one of the chunk the server computed for it
         chunk = standin_actions(robot.state[None])[0]
         assert all(np.abs(chunk - action).max(axis=1).min() < 1e-5 for action in robot.applied)
+    assert wait_for(lambda: running_replicas() == 2)  # Ray replaces the dead replica
+
+
+def test_the_sessions_of_a_killed_replica_are_closed_by_the_ingress_with_1012_and_the_others_go_on(two_replicas):
+    sockets = []
+    try:
+        for _ in range(4):  # one at a time, so Ray's router sees each replica's sessions when it picks
+            sockets.append(connect(f"ws://127.0.0.1:{two_replicas}/"))
+            wire.unpackb(sockets[-1].recv(timeout=30))  # metadata
+        spread = sessions_per_replica()
+        assert len(spread) == 2 and all(n >= 1 for n in spread.values()), spread
+        victim = max(spread, key=spread.get)
+        ray.kill(replica_actors()[victim], no_restart=True)
+        ends = []
+        for i, ws in enumerate(sockets):
+            try:
+                ws.send(wire.packb({"state": state_for(i)}))
+                ends.append("answered" if "actions" in wire.unpackb(ws.recv(timeout=30)) else "other")
+            except ConnectionClosed as closed:
+                ends.append(closed.rcvd.code if closed.rcvd else "no close frame")
+    finally:
+        for ws in sockets:
+            ws.close()
+    assert sorted(ends, key=str) == sorted([CLOSE_SERVICE_RESTART] * spread[victim] + ["answered"] * (4 - spread[victim]),
+                                           key=str), ends
     assert wait_for(lambda: running_replicas() == 2)  # Ray replaces the dead replica
 
 
