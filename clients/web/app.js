@@ -292,10 +292,7 @@ async function startMic() {
   audio.capture = capture; audio.source = source;
   asr = {rate: ctx.sampleRate, sent: 0, frames: [], lastVoiced: null, endOfTurnAt: 0,
     speaking: false, silentFrames: 0, flushPending: false, flushedSinceSpeech: true};
-  asr.channel = new Channel("/v1/asr", {type: "hello", sample_rate: ctx.sampleRate, format: "f32le", end_of_turn_ms: END_OF_TURN_MS}, {
-    message: onAsr,
-    close: (event) => { H.log("asr_closed", {code: event.code, reason: event.reason}); if (asr) stopMic(); },
-  });
+  asr.channel = openAsrChannel(ctx.sampleRate);
   capture.port.onmessage = (event) => {
     if (!asr) return;
     const {samples, rms, time} = event.data;
@@ -313,6 +310,24 @@ async function startMic() {
   $("mic").classList.add("on");
   $("mic").textContent = "stop microphone";
   H.log("mic_on", {rate: ctx.sampleRate});
+}
+
+// A server that drains (1001) or a replica lost behind Ray's ingress (1012) asks the client
+// to come back: the microphone stays on and a new recognition session opens (the words in
+// flight are lost). Any other close ends the microphone.
+const ASR_RECONNECT_CODES = new Set([1001, 1012]);
+
+function openAsrChannel(rate) {
+  return new Channel("/v1/asr", {type: "hello", sample_rate: rate, format: "f32le", end_of_turn_ms: END_OF_TURN_MS}, {
+    message: onAsr,
+    close: (event) => {
+      H.log("asr_closed", {code: event.code, reason: event.reason});
+      if (!asr) return;
+      if (!ASR_RECONNECT_CODES.has(event.code)) { stopMic(); return; }
+      const session = asr;
+      setTimeout(() => { if (asr === session) asr.channel = openAsrChannel(rate); }, 250);
+    },
+  });
 }
 
 function stopMic() {
@@ -351,10 +366,16 @@ function onAsr(m) {
       if (turn && start < asr.endOfTurnAt) { H.log("late_word", {text}); return; }
       turn = newTurn("mic");
     }
-    turn.words.push({text, start, end: m.end ?? m.end_s, at: now()});
+    turn.words.push({text, start, end: undefined, at: now()});
     turn.t.lastWord = now();
     addText(turn, (turn.words.length > 1 ? " " : "") + text);
     render();
+  } else if (m.type === "word_end") {
+    // The word was sent when recognised; its end comes later (the next word, or a pause).
+    for (const turn of [current, ...turns.slice(-2)]) {
+      const word = turn && turn.words ? turn.words.find((w) => w.start === m.start && w.end === undefined) : null;
+      if (word) { word.end = m.end; break; }
+    }
   } else if (m.type === "end_of_turn") {
     const turn = current;
     asr.endOfTurnAt = m.at ?? asr.sent / asr.rate;
