@@ -20,7 +20,8 @@ trained on) through it. Keys:
 * ``first_word_latency_ms``: utterances streamed at real time in 80 ms chunks (``--latency-
   streams`` at once, ``--latency-utterances`` in all), the time from the end of the utterance's
   first word in the audio (the synthesizer's timing; chunk k leaves when its audio has ended,
-  as from a microphone) to that word's ``word`` message, median over the utterances whose first
+  as from a microphone) to that word's ``word`` message (sent when the word is recognised,
+  before its end is known), median over the utterances whose first
   word was recognised (``_p90`` beside it; ``word_latency_ms``: the same over every word of
   exactly recognised utterances).
 * ``flush_ms``: from ``flush`` (sent right after an utterance's last chunk, at real time) to
@@ -123,7 +124,7 @@ async def wer_phase(url: str, splits: dict[str, list[dict]], concurrency: int) -
     async def one(row: dict) -> None:
         async with gate:
             messages, _ = await stream_fast(url, row["audio"], row["rate"])
-        heard[row["id"]] = [(m["text"], m["start"], m["end"]) for m in messages if m["type"] == "word"]
+        heard[row["id"]] = [(m["text"], m["start"], m["end"]) for m in messages if m["type"] == "word_end"]
 
     start = time.monotonic()
     await asyncio.gather(*(one(row) for _, row in everything))

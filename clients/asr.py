@@ -5,7 +5,7 @@
 
 The file is sent at its own sample rate (any rate: the server resamples) as 16-bit PCM, in
 80 ms chunks; at the end the client asks for a ``flush`` and waits for ``flushed``. Each word
-is printed as it arrives (``--json``: every message, one JSON object a line). The protocol:
+is printed with its times as its end arrives (``word_end``) (``--json``: every message, one JSON object a line). The protocol:
 docs/protocol.md (``/v1/asr``).
 
 :class:`AsrClient` is the asyncio client the command, the tests and ``headway bench asr`` use.
@@ -144,7 +144,7 @@ def main(args: argparse.Namespace) -> int:
     def show(message: dict[str, Any]) -> None:
         if args.json:
             print(json.dumps({k: v for k, v in message.items() if k != "t"}), flush=True)
-        elif message["type"] == "word":
+        elif message["type"] == "word_end":  # the word with both its times
             words.append(message["text"])
             print(f"{message['start']:7.2f} {message['end']:7.2f}  {message['text']}", flush=True)
         elif message["type"] == "end_of_turn" and not args.json:

@@ -298,7 +298,8 @@ class _AsrSessionBase:
 class AsrProtocol(_AsrSessionBase):
     """``/v1/asr`` (docs/protocol.md): a JSON ``hello`` (text frame), then audio as binary frames
     of raw PCM in the hello's format and ``flush`` as a text frame; out, JSON text frames:
-    ``ready``, ``word``, ``step``, ``end_of_turn``, ``flushed``, ``error``."""
+    ``ready``, ``word`` (as soon as a word is recognised), ``word_end`` (once its end is
+    known), ``step``, ``end_of_turn``, ``flushed``, ``error``."""
 
     route = "/v1/asr"
     hello_timeout_s = 10.0
@@ -375,8 +376,12 @@ class AsrProtocol(_AsrSessionBase):
         return [_text(ready)]
 
     def _report(self, heard: Heard) -> list[Action]:
-        out = [_text({"type": "word", "text": w["text"], "start": w["start_s"], "end": w["end_s"]})
-               for w in heard.words if w["type"] == "word_ended"]
+        # A word goes out the frame it is recognised (DSM's text delay after its start), not
+        # when its end is known (the next word or a pause, τ frames after that): a client
+        # prefilling a prompt word by word gets each word a word's length sooner.
+        out = [_text({"type": "word", "text": w["text"], "start": w["start_s"]}) if w["type"] == "word_started"
+               else _text({"type": "word_end", "text": w["text"], "start": w["start_s"], "end": w["end_s"]})
+               for w in heard.words]
         out.append(_text({"type": "step", "frames": heard.frame, "buffered": heard.buffered_s,
                           "vad": round(heard.vad, 4)}))
         if heard.end_of_turn_s is not None:

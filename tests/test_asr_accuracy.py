@@ -68,7 +68,7 @@ def test_v1_asr_streams_the_offline_decode_of_real_speech(server, sentences):
     audio = np.concatenate([spoken(text, 22050) for text in sentences[:2]])  # espeak's own rate
     messages = asyncio.run(transcribe(f"ws://127.0.0.1:{server.port}/v1/asr", audio, 22050, token="public_token",
                                       format="f32le"))
-    words = [(m["text"], m["start"], m["end"]) for m in messages if m["type"] == "word"]
+    words = [(m["text"], m["start"], m["end"]) for m in messages if m["type"] == "word_end"]
     duration = round(len(audio) / 22050, 3)
     offline = [(w.text, min(round(w.start_s, 3), duration), min(round(w.end_s, 3), duration))
                for w in model.offline_decode(resample(audio, 22050, 16000))]

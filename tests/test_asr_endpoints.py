@@ -98,7 +98,7 @@ async def test_a_stream_that_ends_without_flush_frees_its_slot_for_a_fresh_strea
             except Exception as exc:  # at_capacity until the first stream's slot is free
                 assert "at_capacity" in str(exc)
                 await asyncio.sleep(0.05)
-    words = [(m["text"], m["start"], m["end"]) for m in messages if m["type"] == "word"]
+    words = [(m["text"], m["start"], m["end"]) for m in messages if m["type"] == "word_end"]
     assert words == clamp(offline_words(model, audio), 1.5)
 
 
@@ -107,7 +107,7 @@ async def test_a_client_far_faster_than_real_time_loses_nothing_and_its_backlog_
     audio = noise(12.0, 24)  # six times the server's 2 s buffer, sent as fast as TCP takes it
     messages = await asyncio.wait_for(transcribe(url(server), audio, 16000, chunk_s=0.25, token="s3cret",
                                                  format="f32le"), 60)
-    words = [(m["text"], m["start"], m["end"]) for m in messages if m["type"] == "word"]
+    words = [(m["text"], m["start"], m["end"]) for m in messages if m["type"] == "word_end"]
     assert words == clamp(offline_words(model, audio), 12.0)
     steps = [m for m in messages if m["type"] == "step"]
     assert steps[-1]["frames"] == 150 + model.config.flush_frames

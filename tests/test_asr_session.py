@@ -80,6 +80,28 @@ async def test_frames_of_odd_byte_sizes_are_heard_as_the_offline_decode(tiny, en
     assert driver.out.messages[-1]["type"] == "flushed" and driver.out.closed is None
 
 
+async def test_each_word_is_sent_when_recognised_and_its_end_after_it_in_order(tiny, engine):
+    driver = SessionDriver(engine, AsrProtocol(engine.loaded))
+    driver.send(hello())
+    driver.send(s16(noise(3.3, 1)))
+    driver.send(json.dumps({"type": "flush"}))
+    await driver.settle()
+    steps = 0  # the frame a message went out with: the steps reported before it
+    said = []
+    for m in driver.out.messages:
+        steps += m["type"] == "step"
+        if m["type"] in ("word", "word_end"):
+            said.append((steps, m))
+    starts = [(m["text"], m["start"]) for _, m in said if m["type"] == "word"]
+    ends = [(m["text"], m["start"]) for _, m in said if m["type"] == "word_end"]
+    assert len(starts) >= 4 and starts == ends  # every word gets its end, in the same order
+    sent_at = [frame for frame, m in said if m["type"] == "word"]
+    ended_at = [frame for frame, m in said if m["type"] == "word_end"]
+    # Before its end was known: frames earlier, for every word but the last, which the flush may end.
+    assert all(s < e for s, e in zip(sent_at[:-1], ended_at[:-1])) and sent_at[-1] <= ended_at[-1]
+    assert "end" not in next(m for _, m in said if m["type"] == "word")
+
+
 @pytest.mark.parametrize("rate", [8000, 16000, 24000, 44100, 48000])
 async def test_audio_at_any_rate_is_heard_as_the_offline_decode_of_its_torchaudio_resample(tiny, engine, rate):
     directory, model = tiny

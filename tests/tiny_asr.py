@@ -72,7 +72,7 @@ class Driven:
         return [m for m in self.messages if m.get("type") == kind]
 
     def words(self) -> list[tuple[str, float, float]]:
-        return [(m["text"], m["start"], m["end"]) for m in self.of_type("word")]
+        return [(m["text"], m["start"], m["end"]) for m in self.of_type("word_end")]
 
 
 class SessionDriver:
