@@ -14,7 +14,8 @@ from stream.asr_session import AsrProtocol, AsrStream, MoshiAsrProtocol
 from stream.engine import Engine
 from stream.hosts import InProcessHost
 from stream import wire
-from tiny_asr import SessionDriver, asr_model, noise, offline_words, save_tiny_asr
+from session_driver import SessionDriver
+from tiny_asr import asr_model, noise, offline_words, save_tiny_asr
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ the ``/v1/tts`` and ``/api/tts_streaming`` sessions (sans I/O against a real eng
 virtual clock, and through a real server for the socket-level behaviours), all with a tiny
 untrained model: the comparisons compare codes and audio, whatever the weights mean."""
 
-import asyncio
 import json
 
 import msgpack
@@ -17,7 +16,8 @@ from models.tts_codec import StreamingGriffinLim, resynthesise
 from stream.engine import Engine
 from stream.hosts import InProcessHost
 from stream.tts_session import LEAD_S, MoshiTtsProtocol, TtsProtocol
-from tiny_tts import TtsDriver, save_tiny_tts, tts_model, voice_audio
+from session_driver import SessionDriver
+from tiny_tts import save_tiny_tts, tts_model, voice_audio
 
 WORDS = "robot go to the red cube please".split()
 OTHER = "now slide left two steps".split()
@@ -197,7 +197,7 @@ def hello(rate=24000, fmt="pcm_f32le") -> str:
 async def test_v1_tts_says_ready_words_audio_frames_and_done_then_closes(tiny, served):
     _, model, codec = tiny
     loaded, engine = served
-    driver = TtsDriver(engine, TtsProtocol(loaded))
+    driver = SessionDriver(engine, TtsProtocol(loaded), audio_out=True)
     driver.send(hello(rate=16000))
     driver.send_json({"type": "text", "text": "Robot, go to the "})
     driver.send_json({"type": "text", "text": "red cube please"})
@@ -219,7 +219,7 @@ async def test_audio_at_another_rate_is_the_torchaudio_resample_of_the_models_au
 
     _, model, codec = tiny
     loaded, engine = served
-    driver = TtsDriver(engine, TtsProtocol(loaded))
+    driver = SessionDriver(engine, TtsProtocol(loaded), audio_out=True)
     driver.send(hello(rate=24000))
     driver.send_json({"type": "text", "text": " ".join(OTHER)})
     driver.send_json({"type": "end"})
@@ -232,7 +232,7 @@ async def test_audio_at_another_rate_is_the_torchaudio_resample_of_the_models_au
 
 async def test_audio_is_paced_at_most_the_lead_ahead_of_the_clock(tiny, served):
     loaded, engine = served
-    driver = TtsDriver(engine, TtsProtocol(loaded))
+    driver = SessionDriver(engine, TtsProtocol(loaded), audio_out=True)
     driver.send(hello())
     driver.send_json({"type": "text", "text": " ".join(WORDS + OTHER)})
     driver.send_json({"type": "end"})
@@ -249,7 +249,7 @@ async def test_cancel_stops_the_audio_at_once_and_frees_the_slot(tiny, tmp_path)
     loaded = tts_model(tiny[0], slots=1)
     engine = await started(loaded)
     try:
-        driver = TtsDriver(engine, TtsProtocol(loaded))
+        driver = SessionDriver(engine, TtsProtocol(loaded), audio_out=True)
         driver.send(hello())
         driver.send_json({"type": "text", "text": " ".join(WORDS * 3)})
         await driver.run(until=lambda: len(driver.out.audio) >= 3)
@@ -259,7 +259,7 @@ async def test_cancel_stops_the_audio_at_once_and_frees_the_slot(tiny, tmp_path)
         assert len(driver.out.audio) == heard  # nothing after the cancel, not even the step in flight
         assert driver.out.of_type("done")[-1]["cancelled"] is True and driver.out.closed[0] == 1000
         driver.close()
-        again = TtsDriver(engine, TtsProtocol(loaded))  # the one slot is free again
+        again = SessionDriver(engine, TtsProtocol(loaded), audio_out=True)  # the one slot is free again
         again.send(hello())
         again.send_json({"type": "text", "text": "go left"})
         again.send_json({"type": "end"})
@@ -272,7 +272,7 @@ async def test_cancel_stops_the_audio_at_once_and_frees_the_slot(tiny, tmp_path)
 
 async def test_unknown_words_are_skipped_and_reported(tiny, served):
     loaded, engine = served
-    driver = TtsDriver(engine, TtsProtocol(loaded))
+    driver = SessionDriver(engine, TtsProtocol(loaded), audio_out=True)
     driver.send(hello())
     driver.send_json({"type": "text", "text": "go xylophone left"})
     driver.send_json({"type": "end"})
@@ -289,7 +289,7 @@ async def test_bad_messages_end_the_session_with_a_named_error(tiny, served):
              ([hello(), json.dumps({"type": "text", "text": 3})], "bad_type"),
              ([hello(), json.dumps({"type": "speak"})], "unknown_type")]
     for frames, code in cases:
-        driver = TtsDriver(engine, TtsProtocol(loaded))
+        driver = SessionDriver(engine, TtsProtocol(loaded), audio_out=True)
         for f in frames:
             driver.send(f)
         await driver.run()
@@ -302,7 +302,7 @@ async def test_bad_messages_end_the_session_with_a_named_error(tiny, served):
 async def test_the_moshi_protocol_sends_ready_audio_at_24_khz_and_word_times_then_closes(tiny, served):
     _, model, codec = tiny
     loaded, engine = served
-    driver = TtsDriver(engine, MoshiTtsProtocol(loaded), binary_control=True)
+    driver = SessionDriver(engine, MoshiTtsProtocol(loaded))
     driver.send(msgpack.packb({"type": "Text", "text": " ".join(WORDS)}))
     driver.send(msgpack.packb({"type": "Eos"}))
     await driver.run()

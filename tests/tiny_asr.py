@@ -1,5 +1,5 @@
-"""Test helpers for the speech endpoints: a tiny untrained recogniser saved as a checkpoint, test
-audio, and a driver that runs a sans-I/O speech session against a real engine without a socket.
+"""Test helpers for the speech endpoints: a tiny untrained recogniser saved as a checkpoint and
+test audio (tests/session_driver.py runs a session against it without a socket).
 
 The untrained network's boundary and activity outputs are centred (as in test_dsm_asr) so that
 it says words on noise: the comparisons compare words, whatever the weights mean.
@@ -7,18 +7,11 @@ it says words on noise: the comparisons compare words, whatever the weights mean
 
 from __future__ import annotations
 
-import asyncio
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from stream import registry
-from stream.engine import Engine
-from stream.errors import ProtocolError
-from stream.session_actions import CancelQueued, Close, Send, Submit
 
 TINY = "tiny_asr"
 
@@ -61,70 +54,3 @@ def offline_words(model, audio16: np.ndarray) -> list[tuple[str, float, float]]:
     return [(w.text, round(w.start_s, 3), round(w.end_s, 3)) for w in model.offline_decode(audio16)]
 
 
-@dataclass
-class Driven:
-    """What a driven session sent and how it ended."""
-
-    messages: list[dict] = field(default_factory=list)
-    closed: tuple[int, str] | None = None
-
-    def of_type(self, kind: str) -> list[dict]:
-        return [m for m in self.messages if m.get("type") == kind]
-
-    def words(self) -> list[tuple[str, float, float]]:
-        return [(m["text"], m["start"], m["end"]) for m in self.of_type("word_end")]
-
-
-class SessionDriver:
-    """Runs one sans-I/O session protocol against a real :class:`Engine` on this loop, the way
-    the pump does (admission, submits, answers in the loop, sends decoded back to dicts)."""
-
-    def __init__(self, engine: Engine, protocol: Any):
-        self.engine = engine
-        self.protocol = protocol
-        self.out = Driven()
-        self.pending: set[asyncio.Future] = set()
-        self.ticket = None
-        try:
-            self.ticket = engine.open_session(stepped=True)
-        except ProtocolError as exc:
-            self._perform(protocol.refused(exc))
-            return
-        self._perform(protocol.opened())
-
-    def send(self, frame: bytes | str) -> None:
-        self._perform(self.protocol.received(frame, 0))
-
-    async def settle(self, timeout: float = 30.0) -> None:
-        """Wait until nothing the session submitted is outstanding."""
-        async def idle():
-            while self.pending:
-                await asyncio.sleep(0.002)
-        await asyncio.wait_for(idle(), timeout)
-
-    def close(self) -> None:
-        if self.ticket is not None:
-            self.engine.close_session(self.ticket)
-
-    def _perform(self, actions) -> None:
-        from stream import wire
-
-        for action in actions:
-            if isinstance(action, Submit):
-                future = self.engine.submit(self.ticket, action.inputs, budget_s=action.budget_s, lane=action.lane)
-                self.pending.add(future)
-                future.add_done_callback(lambda f, key=action.key: self._answered(key, f))
-            elif isinstance(action, CancelQueued):
-                self.engine.cancel_queued(self.ticket)
-            elif isinstance(action, Send):
-                frame = action.frame
-                self.out.messages.append(json.loads(frame) if isinstance(frame, str) else wire.unpackb(frame))
-            elif isinstance(action, Close):
-                self.out.closed = (action.code, action.reason)
-
-    def _answered(self, key: int, future: asyncio.Future) -> None:
-        self.pending.discard(future)
-        if future.cancelled():
-            return
-        outcome = future.exception() or future.result()
-        self._perform(self.protocol.answered(key, outcome, 0))
