@@ -114,11 +114,16 @@ class Regularisation:
 
     * ``text_noise``: the fraction of word tokens of the teacher-forced text input replaced by a
       random word, so that the next word must come from the audio, not from the words before.
+    * Vocal-tract-length perturbation (VTLP, Jaitly & Hinton 2013), in the mel domain: each
+      sequence's mel axis stretched by a factor drawn from ``1 ± vtl_warp`` (``new[m] =
+      old[m / alpha]``, linear between bins), so that formants move as between speakers. The
+      held-out voice is a speaker (female, HTS) that the few training voices do not cover.
     * SpecAugment (Park et al. 2019) on the normalised features: ``freq_masks`` bands of up to
       ``freq_width`` mel bins, and one time mask of up to ``time_width`` sub-frames (10 ms each)
       per ``time_every`` frames, set to the mean (0)."""
 
     text_noise: float = 0.2
+    vtl_warp: float = 0.1
     freq_masks: int = 2
     freq_width: int = 12
     time_width: int = 4
@@ -127,6 +132,8 @@ class Regularisation:
     def features(self, features: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         b, f, _ = features.shape
         x = features.reshape(b, f * SUBFRAMES, N_MELS).clone()
+        if self.vtl_warp > 0:
+            x = self._warp(x, generator)
         for i in range(b):
             for _ in range(self.freq_masks):
                 width = int(torch.randint(0, self.freq_width + 1, (), generator=generator))
@@ -137,6 +144,16 @@ class Regularisation:
                 start = int(torch.randint(0, f * SUBFRAMES - width + 1, (), generator=generator))
                 x[i, start: start + width] = 0.0
         return x.reshape(b, f, SUBFRAMES * N_MELS)
+
+    def _warp(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        b, t, m = x.shape
+        alpha = 1 + (2 * torch.rand(b, generator=generator) - 1) * self.vtl_warp
+        source = (torch.arange(m, dtype=x.dtype)[None, :] / alpha[:, None]).clamp(0, m - 1)  # [b, m]
+        low = source.floor().long()
+        high = (low + 1).clamp(max=m - 1)
+        frac = (source - low)[:, None, :]
+        take = lambda index: x.gather(2, index[:, None, :].expand(b, t, m))  # noqa: E731
+        return take(low) * (1 - frac) + take(high) * frac
 
     def text(self, previous: torch.Tensor, vocabulary_size: int, generator: torch.Generator) -> torch.Tensor:
         words = previous >= FIRST_WORD
