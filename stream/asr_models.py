@@ -52,14 +52,17 @@ class DsmAsrExecutor:
     engine's worker thread (or in a host process) only."""
 
     def __init__(self, slots: int, max_batch_size: int | None = None, checkpoint_dir: str | None = None,
-                 name: str = "dsm_asr", threads: int = 1):
+                 name: str = "dsm_asr", threads: int | None = None):
         import torch
 
         from models.dsm_asr import CHECKPOINT_DIR, load_dsm_asr
         from models.dsm_streams import WordDecoder
         from models.vad import SileroVad
 
-        torch.set_num_threads(threads)
+        # Only when asked: torch's thread count is the process's (OpenMP's global default, which
+        # every engine thread started later inherits); a 1 here halved a chat model's prefill.
+        if threads:
+            torch.set_num_threads(threads)
         self.torch = torch
         self.model = load_dsm_asr(CHECKPOINT_DIR if checkpoint_dir is None else Path(checkpoint_dir), name)
         self.config = self.model.config

@@ -50,13 +50,16 @@ class DsmTtsExecutor:
     the engine's worker thread (or in a host process) only."""
 
     def __init__(self, slots: int, checkpoint_dir: str | None = None, name: str = SHIPPED_NAME,
-                 codec_name: str = CODEC_NAME, threads: int = 1, warm: bool = True):
+                 codec_name: str = CODEC_NAME, threads: int | None = None, warm: bool = True):
         import torch
 
         from models.dsm_tts import TtsRunner, load_dsm_tts
         from models.tts_codec import StreamingGriffinLim, load_codec
 
-        torch.set_num_threads(threads)
+        # Only when asked: torch's thread count is the process's (OpenMP's global default, which
+        # every engine thread started later inherits); a 1 here halved a chat model's prefill.
+        if threads:
+            torch.set_num_threads(threads)
         self.torch = torch
         directory = SHIPPED_DIR if checkpoint_dir is None else Path(checkpoint_dir)
         self.model = load_dsm_tts(directory, name)

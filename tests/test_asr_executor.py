@@ -126,3 +126,26 @@ def test_a_step_of_one_slot_twice_in_a_batch_is_refused(checkpoint):
     frame = np.zeros(FRAME_SAMPLES, np.float32)
     with pytest.raises(ValueError, match="slot of its own"):
         executor.run(RunBatch(0, [WorkItem({"pcm": frame}, slot=0), WorkItem({"pcm": frame}, slot=0)], [True, False]))
+
+
+def threads_seen_by_a_new_thread(action=None) -> int:
+    """torch's thread count as an engine thread started now sees it (after ``action``, run in it)."""
+    import threading
+
+    seen = []
+    thread = threading.Thread(target=lambda: (action and action(), seen.append(torch.get_num_threads())))
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
+def test_building_the_executor_leaves_the_thread_count_of_later_engines_alone(checkpoint):
+    # torch's count is OpenMP's global default: one executor that set 1 gave every engine
+    # started after it one thread (a chat model's prefill ran at half speed beside the recogniser).
+    before = threads_seen_by_a_new_thread()
+    try:
+        threads_seen_by_a_new_thread(lambda: torch.set_num_threads(2))  # a known count that is not 1
+        threads_seen_by_a_new_thread(lambda: DsmAsrExecutor(2, checkpoint_dir=str(checkpoint[0]), name="tiny"))
+        assert threads_seen_by_a_new_thread() == 2
+    finally:
+        threads_seen_by_a_new_thread(lambda: torch.set_num_threads(before))
