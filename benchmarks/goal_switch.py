@@ -9,8 +9,9 @@ measures:
   the first tick whose observation carries the new goal until the gripper *heads for it*
   (speed above 0.05 m/s, velocity within 45 degrees of the direction to the new target;
   ``clients.sim.table``), over every change to a goal other than stop.
-  ``within_one_chunk``: the share of those changes answered within H ticks, the length of
-  the chunk in flight (a robot that finished that chunk first would take up to H).
+  ``within_one_chunk``: the share of those reactions that came within H ticks, the length
+  of the chunk in flight (a robot that finished that chunk first would take up to H);
+  ``responded`` of ``goal_changes`` says how many changes got a reaction at all.
 * ``switch_seam_jerk``: ``||a_k - 2 a_{k-1} + a_{k-2}||`` of the commanded action at the seam
   where the new goal takes over (the first chunk requested at or after the change),
   averaged over the changes; ``seam_jerk``: the same at every seam (as the sweep's rows).
@@ -132,7 +133,9 @@ def goal_switch_cell(policy, task, strategy: str, d: int, s: int, episodes: int,
         "reaction_p50_ms": pct(0.5),
         "reaction_p90_ms": pct(0.9),
         "reaction_max_ms": samples[-1] * ms_per_tick if samples else None,
-        "within_one_chunk": (sum(1 for x in samples if x <= policy.config.horizon) / changes) if changes else None,
+        # A share of the reactions the task measured: over this loop's count of changes it
+        # came out above 1 (1.004 in 300 table episodes), the two counts not quite agreeing.
+        "within_one_chunk": (sum(1 for x in samples if x <= policy.config.horizon) / len(samples)) if samples else None,
         "switch_seam_jerk": sum(switch_jerks) / len(switch_jerks) if switch_jerks else None,
         "seam_jerk": seam_sum / seam_n if seam_n else None,
         "requests": ctrl.requests,
