@@ -16,7 +16,9 @@ from stream import registry
 from stream.asr_models import SHIPPED_NAME, shipped_checkpoint_present
 from stream.server import ServerConfig
 
-pytestmark = pytest.mark.skipif(not shipped_checkpoint_present(), reason="no shipped models/checkpoints/dsm_asr yet")
+
+def test_the_recogniser_is_shipped():
+    assert shipped_checkpoint_present(), "models/checkpoints/dsm_asr.* is missing (headway train asr writes it)"
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ the strategy switch starts a session with that strategy. The microphone is Chrom
 capture device playing a WAV spoken by espeak-ng at test time.
 
 Screenshots go to out/screenshots/. What the page measured (window.headway.metrics) is
-printed: run with ``-s`` to see the latencies. Marked ``browser``; skipped where Chromium or
-Playwright is missing (``make test`` installs both).
+printed: run with ``-s`` to see the latencies. Marked ``browser``. They need Playwright and
+Debian's Chromium, which ``make test`` installs; without them they fail, saying so.
 """
 
 from __future__ import annotations
@@ -25,10 +25,7 @@ from clients.demo import serve_arguments
 from clients.server_process import ServerProcess
 
 pytestmark = pytest.mark.browser
-sync_api = pytest.importorskip("playwright.sync_api", reason="the browser tests need playwright (pip install playwright)")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not Path(CHROMIUM).exists():
-    pytest.skip("the browser tests need Debian's chromium (make installs it)", allow_module_level=True)
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "out" / "screenshots"
@@ -71,6 +68,9 @@ def server():
 
 @pytest.fixture(scope="module")
 def browser(speech):
+    from playwright import sync_api
+
+    assert Path(CHROMIUM).exists(), "the browser tests need Debian's chromium (make test installs it)"
     with sync_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=[
             "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
@@ -104,8 +104,7 @@ class Page:
         info = self.js("window.headway.info")
         have = set(info["endpoints"]) | ({"table"} if self.js("!!window.headway.loop") else set())
         missing = [w for w in what if w not in have]
-        if missing:
-            pytest.skip(f"the demo server has no {', '.join(missing)} yet")
+        assert not missing, f"the demo server serves no {', '.join(missing)} (make demo's embedded models)"
 
     def screenshot(self) -> None:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -254,8 +253,9 @@ def test_the_page_merges_chunks_by_the_rule_of_chunking_merge(page):
 
 
 def test_the_page_steps_the_table_as_its_python_dynamics_do(page):
-    torch = pytest.importorskip("torch")
-    table = pytest.importorskip("chunking.dynamics.table", reason="the table task is not on this branch yet")
+    import torch
+
+    from chunking.dynamics import table
     rng = np.random.default_rng(1)
     actions = rng.uniform(-1.5, 1.5, (200, 2)).round(3)
     state = torch.zeros(1, 10)
