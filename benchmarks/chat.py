@@ -72,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reply-tokens", type=int, default=32, help="tokens per reply (default %(default)s)")
     parser.add_argument("--prefill-slice", type=int, default=32,
                         help="the server's --prefill-slice (default %(default)s)")
+    parser.add_argument("--llm-dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                        help="the server's --llm-dtype (default %(default)s: bfloat16 where the hardware "
+                             "computes in it natively)")
     parser.add_argument("--seed", type=int, default=0, help="prompt text seed (default %(default)s)")
     parser.add_argument("--early-answer", action="store_true",
                         help="sessions ask for early answer (decode on a guess that the prompt is complete); "
@@ -232,7 +235,8 @@ def main(args: argparse.Namespace) -> int:
 
     path = model_dir(args)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    serve = ["--llm", str(path), "--chat-slots", str(max(args.sessions)), "--prefill-slice", str(args.prefill_slice)]
+    serve = ["--llm", str(path), "--chat-slots", str(max(args.sessions)), "--prefill-slice", str(args.prefill_slice),
+             "--llm-dtype", args.llm_dtype]
     try:
         server = ServerProcess(serve, timeout_s=300).start()
     except RuntimeError as exc:
@@ -242,5 +246,9 @@ def main(args: argparse.Namespace) -> int:
         rows = asyncio.run(drive(server.url("/v1/chat"), tokenizer, args))
     finally:
         server.stop(timeout_s=30)
+    from models.lm import serving_dtype
+
+    dtype = str(serving_dtype(args.llm_dtype)).removeprefix("torch.")  # what the server on this machine chose
+    rows = [{**row, "dtype": dtype} for row in rows]
     print(json.dumps(rows))
     return 0

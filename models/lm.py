@@ -236,7 +236,7 @@ class CausalLM:
         try:
             with torch.inference_mode():
                 logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
-                                    logits_to_keep=keep).logits[0]
+                                    logits_to_keep=keep).logits[0].float()
         finally:
             _RUNNING.reset(token)
         for cache, position, length in zip(caches, positions, lengths):
@@ -244,6 +244,25 @@ class CausalLM:
         if all_positions:
             return [logits[o:o + n] for o, n in zip(offsets, lengths)]
         return list(logits)
+
+
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+def serving_dtype(name: str, device: str = "cpu") -> torch.dtype:
+    """The dtype to serve an LM in: ``float32``, ``bfloat16``, or ``auto`` -- bfloat16 where
+    the hardware computes in it natively (a CUDA device that supports it, a CPU with
+    AVX512-BF16 or AMX), else float32. Serving a float32 checkpoint in half precision is
+    what LLM servers do (vLLM's ``dtype=auto``); on this repo's 2-core AVX512-BF16 machine
+    it runs a ~100M Llama's forward 2-3x faster."""
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
+    if name != "auto":
+        return getattr(torch, name)
+    if torch.device(device).type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() \
+        else torch.float32
 
 
 @dataclass(frozen=True)

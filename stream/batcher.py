@@ -212,6 +212,31 @@ class Batcher:
         self._replaceable.pop(owner, None)
         return dropped
 
+    def promote(self, owner: Hashable, lane: Lane) -> int:
+        """Move ``owner``'s queued requests of lower lanes up to ``lane`` (a session whose user
+        now waits for work it queued as background); their order within the stream is kept.
+        Returns how many moved."""
+        moved = 0
+        for behind in self._waiting.values():
+            for request in behind:
+                if request.owner == owner and request.lane > lane:
+                    request.lane = lane  # pushed into ``lane`` when it becomes eligible
+                    moved += 1
+        for queue_lane, queue in self._lanes.items():
+            if queue_lane <= lane:
+                continue
+            mine = [entry for entry in queue.heap if entry[2].owner == owner and not entry[2].dead]
+            if not mine:
+                continue
+            queue.heap = [entry for entry in queue.heap if entry[2].owner != owner or entry[2].dead]
+            heapq.heapify(queue.heap)
+            queue.live -= len(mine)
+            for _, _, request in mine:
+                request.lane = lane
+                self._lanes[lane].push(request)
+            moved += len(mine)
+        return moved
+
     def take_all(self) -> list[Request]:
         """Empty the queue (shutting down); returns what was queued."""
         everything = [r for q in self._lanes.values() for _, _, r in q.heap if not r.dead]

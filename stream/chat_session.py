@@ -15,7 +15,8 @@ back), its tokens are appended to ``ids`` and prefilled in slices of at most
 ``prefill_slice`` tokens on the engine's ``PREFILL`` lane. At ``prompt_end`` only the
 held-back tail and the assistant header remain; the slice that ends there samples the first
 token, and decode steps follow, one token each. From ``prompt_end`` on, the session's
-requests -- what is left of the prompt, then the decode steps -- go on the ``STEP`` lane:
+requests -- what is left of the prompt, then the decode steps -- go on the ``STEP`` lane (a
+slice still queued on the ``PREFILL`` lane is moved up, :class:`~stream.session_actions.PromoteQueued`):
 the user is waiting for them, as for a decode step, so they do not queue behind other
 sessions' prompts still arriving. (A step batch holds at most one request per session, so
 a decode step still waits for at most one slice of any other session.) Every request names the cache
@@ -68,7 +69,7 @@ from stream.batcher import Lane
 from stream.engine import Result
 from stream.errors import CLOSE_GOING_AWAY, ProtocolError
 from stream.registry import ChatText, LoadedModel
-from stream.session_actions import Action, CancelQueued, Close, Send, Submit, report_and_close
+from stream.session_actions import Action, CancelQueued, Close, PromoteQueued, Send, Submit, report_and_close
 
 PIPELINE_DEPTH = 2  # requests of one answering session queued at once
 # Chat requests are ordered by their lanes and, within a lane, by arrival; their deadline is
@@ -352,6 +353,8 @@ class ChatProtocol:
         turn.cached_at_end = self.cached
         turn.end_ns = turn.arrival_ns = now_ns
         turn.reply = ReplyText(self.tokenizer, self.format.stop)
+        if self.inflight:  # a slice still queued on the prefill lane is now what the user waits for
+            actions.append(PromoteQueued(Lane.STEP))
         actions += self._schedule(now_ns)
         # Off the critical path (the first slice is on its way): were the committed tokens the
         # segment's tokens? If not, roll back to where they part and prefill the rest again.
@@ -375,7 +378,7 @@ class ChatProtocol:
         turn.speculative, turn.answering, turn.paid = False, True, True
         turn.cached_at_end = min(self.cached, turn.sample_at)
         turn.end_ns = turn.arrival_ns = now_ns
-        actions = self._give_up_inflight()  # queued on the prefill lane: submitted again on the step lane
+        actions: list[Action] = [PromoteQueued(Lane.STEP)] if self.inflight else []  # queued on the prefill lane
         if turn.held:
             turn.first_ns = turn.last_ns = now_ns
             actions += [self._send(message, prompt_end_ns=now_ns if i == 0 else None)

@@ -197,6 +197,14 @@ class Engine:
             request.handle.cancel()
         return len(dropped)
 
+    def promote_queued(self, session: EngineSession, lane: Lane) -> int:
+        """Move the session's queued requests of lower lanes up to ``lane``; returns how many."""
+        with self._cond:
+            moved = self.batcher.promote(session, lane)
+            if moved:
+                self._cond.notify()
+        return moved
+
     def close_session(self, session: EngineSession) -> None:
         """Forget the session, drop its queued work (futures cancelled), free its slot."""
         if session.closed:

@@ -42,6 +42,7 @@ class ModelOptions:
     chat_slots: int = 8  # chat models: sessions (KV-cache slots) per model
     chat_context: int | None = None  # chat models: tokens per slot (default: the model's context)
     prefill_slice: int = 32  # chat models: most tokens of one prefill request
+    chat_dtype: str = "auto"  # chat models: float32, bfloat16, or auto (models.lm.serving_dtype)
     asr_slots: int = 32  # speech recognisers: streams (state slots) per model
     asr_buffer_s: float = 10.0  # speech recognisers: most audio a stream may have waiting
     tts_slots: int = 16  # speech synthesisers: streams (state slots) per model

@@ -115,6 +115,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefill-slice", type=int, default=32,
                         help="most prompt tokens one prefill request carries: a decode step of another session "
                              "waits for at most one batch of such slices (default %(default)s)")
+    parser.add_argument("--llm-dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                        help="the dtype chat LMs compute in; auto: bfloat16 where the CPU (AVX512-BF16, AMX) or "
+                             "GPU computes in it natively, else float32 (default %(default)s)")
     parser.add_argument("--asr", default="shipped", metavar="PATH|none",
                         help="speech recogniser served at /v1/asr and /api/asr-streaming: a checkpoint directory "
                              "(or its .json/.safetensors) written by headway train asr; default: the shipped "
@@ -186,7 +189,7 @@ def load_models(args: argparse.Namespace) -> list[registry.LoadedModel]:
     ``--policy`` that cannot be served, each with a message for the user."""
     options = registry.ModelOptions(standin_ms=args.standin_ms, max_batch_size=args.max_batch, device=args.device,
                                     chat_slots=args.chat_slots, chat_context=args.chat_context,
-                                    prefill_slice=args.prefill_slice,
+                                    prefill_slice=args.prefill_slice, chat_dtype=getattr(args, "llm_dtype", "auto"),
                                     asr_slots=getattr(args, "asr_slots", 32),
                                     asr_buffer_s=getattr(args, "asr_buffer_s", 10.0),
                                     tts_slots=getattr(args, "tts_slots", 16))

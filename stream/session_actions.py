@@ -3,7 +3,8 @@
 A protocol returns a list of actions; the pump (:mod:`stream.sessions`) carries them out in
 order: :class:`Send` a frame, :class:`Submit` a request to the engine (its outcome comes
 back to the protocol's ``answered``), :class:`CancelQueued` to take the session's queued
-requests off the engine's queue (their outcomes never come back), :class:`Close` the
+requests off the engine's queue (their outcomes never come back), :class:`PromoteQueued` to
+move them to a higher lane, :class:`Close` the
 connection, or :class:`Wake` it later (a paced session).
 """
 
@@ -45,6 +46,15 @@ class CancelQueued:
 
 
 @dataclass
+class PromoteQueued:
+    """Move this session's requests that the engine has not started up to ``lane``, keeping
+    their order: the user now waits for work queued as background (a chat prompt that ended
+    while its last slice waited on the prefill lane)."""
+
+    lane: Lane
+
+
+@dataclass
 class Close:
     code: int
     reason: str
@@ -58,7 +68,7 @@ class Wake:
     at_ns: int
 
 
-Action = Send | Submit | CancelQueued | Close | Wake
+Action = Send | Submit | CancelQueued | PromoteQueued | Close | Wake
 
 
 def report_and_close(error: ProtocolError) -> list[Action]:

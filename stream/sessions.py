@@ -4,7 +4,7 @@ One :class:`SessionPump` per connection moves frames between the socket and the 
 sans-I/O protocol (:mod:`stream.session_protocols`) and carries out what the protocol asks:
 ``Send`` (one writer task, in order), ``Submit`` (``engine.submit``; the outcome goes back to
 the protocol from the future's done-callback, on the loop), ``CancelQueued``
-(``engine.cancel_queued``), ``Close``. It admits the session
+(``engine.cancel_queued``), ``PromoteQueued`` (``engine.promote_queued``), ``Close``. It admits the session
 with the engine first (a refusal is answered by the protocol: ``at_capacity``, 1013), stops
 reading while the protocol is ``paused`` (TCP pushes back on the client), and keeps the
 metrics. Another transport needs only a socket with ``recv``/``send``/``close`` that raises
@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 
 from stream.engine import Engine
 from stream.errors import CLOSE_BAD_INPUT, ProtocolError
-from stream.session_actions import Action, CancelQueued, Close, Send, Submit, Wake
+from stream.session_actions import Action, CancelQueued, Close, PromoteQueued, Send, Submit, Wake
 from stream.session_protocols import SessionProtocol
 
 if TYPE_CHECKING:
@@ -135,6 +135,8 @@ class SessionPump:
                 future.add_done_callback(partial(self._answered, action.key))
             elif isinstance(action, CancelQueued):
                 self.engine.cancel_queued(self._ticket)
+            elif isinstance(action, PromoteQueued):
+                self.engine.promote_queued(self._ticket, action.lane)
             elif isinstance(action, Wake):
                 delay = max(0.0, (action.at_ns - time.monotonic_ns()) / 1e9)
                 asyncio.get_running_loop().call_later(delay, self._woke)

@@ -23,7 +23,7 @@ from stream.engine import Result
 from stream.errors import ProtocolError
 from stream.hosts import RunBatch, WorkItem
 from stream.latency import LatencyEstimate
-from stream.session_actions import CancelQueued, Close, Send, Submit
+from stream.session_actions import CancelQueued, Close, PromoteQueued, Send, Submit
 from stream.slots import SlotTable
 
 MS = 1_000_000
@@ -91,6 +91,8 @@ class LockstepEngine:
                 self.batcher.push(request, self.now)
             elif isinstance(action, CancelQueued):
                 self.batcher.drop(session)
+            elif isinstance(action, PromoteQueued):
+                self.batcher.promote(session, action.lane)
             elif isinstance(action, Send):
                 session.messages.append(wire.unpackb(action.frame) if isinstance(action.frame, bytes)
                                         else json.loads(action.frame))

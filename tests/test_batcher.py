@@ -142,6 +142,32 @@ def test_dropping_an_owner_takes_its_queued_and_waiting_steps():
     assert owners(b.next(0)) == ["t"] and b.depth == 0
 
 
+def test_promoting_an_owner_moves_its_queued_and_waiting_steps_up_in_stream_order():
+    b = batcher(max_batch=1)
+    for i in range(2):
+        push(b, request("s", inputs=f"slice{i}", stream=0, replaceable=False, lane=Lane.PREFILL))
+    push(b, request("other", inputs="other", stream=1, replaceable=False, lane=Lane.PREFILL))
+    push(b, request("d", inputs="decode", stream=2, replaceable=False, lane=Lane.STEP))
+    assert b.promote("s", Lane.STEP) == 2
+    order = []
+    while isinstance(step := b.next(0), Dispatch):
+        order.append((step.lane, step.batch[0].inputs))
+        b.finished()
+    mine = [(lane, inputs) for lane, inputs in order if inputs.startswith("slice")]
+    assert mine == [(Lane.STEP, "slice0"), (Lane.STEP, "slice1")]  # on the step lane, in order
+    assert (Lane.PREFILL, "other") in order and b.depth == 0
+
+
+def test_promoting_leaves_higher_lanes_and_other_owners_alone():
+    b = batcher()
+    push(b, request("s", inputs="step", stream=0, replaceable=False, lane=Lane.STEP))
+    push(b, request("t", inputs="prefill", stream=1, replaceable=False, lane=Lane.PREFILL))
+    assert b.promote("s", Lane.ONESHOT) == 0 and b.promote("nobody", Lane.STEP) == 0
+    assert b.next(0).lane is Lane.STEP
+    b.finished()
+    assert b.next(0).lane is Lane.PREFILL
+
+
 def test_a_higher_lane_goes_first_when_both_are_ready():
     b = batcher()
     push(b, request("p", lane=Lane.PREFILL))

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def executor() -> ChatExecutor:
-    return ChatExecutor(str(tiny_llm()), slots=4, threads=1)
+    return ChatExecutor(str(tiny_llm()), slots=4, threads=1, dtype="float32")  # exact comparisons below
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +195,23 @@ def test_a_decode_step_waits_for_at_most_one_prefill_batch_holding_one_slice_of_
         assert len(between) <= 1, "a decode step waited for more than one prefill batch"
         for lane, who in between:
             assert lane == Lane.PREFILL and len(who) == len(set(who)) <= len(typists)
+
+
+def test_a_slice_still_queued_on_the_prefill_lane_at_prompt_end_runs_on_the_step_lane(executor):
+    engine = engine_for(executor, prefill_slice=4, max_tokens=4)
+    talker, typist = engine.connect(), engine.connect()
+    for session in (talker, typist):
+        engine.send(session, {"type": "hello"})
+    engine.run()
+    engine.send(typist, {"type": "prompt_delta", "text": PROMPT * 3})  # many slices queued ahead
+    engine.send(talker, {"type": "prompt_delta", "text": "Say something "})  # queued behind them
+    engine.send(talker, {"type": "prompt_end"})
+    engine.run()
+    talker_batches = [b for b in engine.batches if talker in b.sessions]
+    first_token = next(i for i, b in enumerate(talker_batches)
+                       if b.inputs[b.sessions.index(talker)]["sample"] is not None)
+    assert all(b.lane == Lane.STEP for b in talker_batches[:first_token + 1])  # the prompt, then its answer
+    assert talker.of_type("done")[0]["prefilled_before_end"] < talker.of_type("done")[0]["prompt_tokens"]
 
 
 def test_decode_steps_of_sessions_answering_at_once_share_batches(executor):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.lm import CausalLM, Row, Sampling, sample
+from models.lm import CausalLM, Row, Sampling, sample, serving_dtype
 from models.lm_text import (ChatFormat, IncrementalTokenizer, ReplyText, encode_content, parse_structured,
                             stable_boundary)
 from models.world_grammar import Table, TableObject, table_context
@@ -91,6 +91,35 @@ def test_logits_after_incremental_prefill_equal_one_full_prefill_for_every_split
         assert ids == final, f"split at {cut}"
         logits = prefill_in_slices(lm, 0, chunks, slice_tokens=5)
         torch.testing.assert_close(logits, expected, atol=2e-5, rtol=1e-4, msg=f"split at {cut}")
+
+
+def test_in_bfloat16_incremental_prefill_agrees_with_one_full_prefill_to_bfloat16_precision():
+    # Served in bfloat16 (models.lm.serving_dtype "auto" on a CPU with AVX512-BF16) the slices
+    # and the full prefill round differently; they must agree as closely as bfloat16 allows
+    # and pick the same next token.
+    path = tiny_llm()
+    lm = CausalLM(path, dtype=torch.bfloat16)
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, attn_implementation="sdpa",
+                                                     dtype=torch.bfloat16).eval()
+    fmt = ChatFormat.for_tokenizer(lm.tokenizer)
+    final = fmt.encode(lm.tokenizer, fmt.conversation(CONTEXT, []) + fmt.user_turn(PROMPT))
+    expected = full_logits(reference, final)[-1].float()
+    for cut in range(0, len(PROMPT) + 1, 7):
+        _, chunks = incremental_ids(lm, fmt, [PROMPT[:cut], PROMPT[cut:]])
+        logits = prefill_in_slices(lm, 0, chunks, slice_tokens=5)
+        assert logits.dtype == torch.float32
+        torch.testing.assert_close(logits, expected, atol=0.05 * float(expected.abs().max()), rtol=0.0,
+                                   msg=f"split at {cut}")
+        assert int(logits.argmax()) == int(expected.argmax())
+
+
+def test_serving_dtype_names_the_dtype_and_auto_picks_one_the_hardware_computes_in():
+    assert serving_dtype("float32") is torch.float32 and serving_dtype("bfloat16") is torch.bfloat16
+    assert serving_dtype("auto") in (torch.float32, torch.bfloat16)
+    with pytest.raises(ValueError, match="unknown dtype"):
+        serving_dtype("float8")
 
 
 def test_a_prompt_arriving_a_character_at_a_time_commits_the_same_tokens_as_one_piece(lm):
