@@ -63,6 +63,10 @@ class DsmTtsConfig:
     ff: int = 768
     window: int = 64
     voice: str = "flite:kal16"
+    # The word being spoken is read at every step until the next boundary (not only at the
+    # step after its boundary, with PAD between, as in DSM): a small model trained on one
+    # voice otherwise loses track of the word it speaks and says another word of the grammar.
+    hold_word: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -115,7 +119,8 @@ def align_tts_streams(words: Sequence[TimedWord], codes: np.ndarray, tokenizer: 
     fed_after = np.zeros(steps, dtype=np.int64)  # words fed once step t has been read
     for i, (w, b) in enumerate(zip(words, text_frames)):
         text[b] = BOUNDARY
-        text[b + 1] = tokenizer.token(w.text)
+        until = text_frames[i + 1] if i + 1 < len(words) else end
+        text[b + 1: until if config.hold_word else b + 2] = tokenizer.token(w.text)
         fed_after[b + 1:] = i + 1
     text[end] = BOUNDARY
     ids = [tokenizer.token(w.text) for w in words] + [PAD] * config.lookahead
@@ -190,13 +195,19 @@ class DsmTts(nn.Module):
         c = self.config
         return self.text_head(x), self.audio_head(x).reshape(*x.shape[:-1], c.codebooks, c.codebook_size)
 
-    def forward(self, text: torch.Tensor, ahead: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, text: torch.Tensor, ahead: torch.Tensor, audio: torch.Tensor,
+                input_noise: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced: text ``[B, T]``, ahead ``[B, T, L]``, the codes written at each step
         ``[B, T, K]`` (-1: none) -> boundary logits ``[B, T, 2]`` (about step t + 1) and code
-        logits ``[B, T, K, card]`` (about step t)."""
+        logits ``[B, T, K, card]`` (about step t). ``input_noise``: the fraction of the codes
+        read back as input replaced by random codes (training: the model learns to carry on
+        from codes it got wrong, as it must when it runs on its own)."""
         none = self.config.codebook_size
         written = torch.where(audio < 0, none, audio)
         previous = torch.cat([torch.full_like(written[:, :1], none), written[:, :-1]], 1)
+        if input_noise > 0:
+            flip = (torch.rand(previous.shape) < input_noise) & (previous != none)
+            previous = torch.where(flip, torch.randint_like(previous, none), previous)
         x = self._embed(text, ahead, previous)
         for block in self.blocks:
             x = block(x)
@@ -272,8 +283,9 @@ class TextFeeder:
     ``finished`` is true once the end boundary has been read: ``drain`` steps remain.
     """
 
-    def __init__(self, tokenizer: WordTokenizer, lookahead: int, max_padding: int):
+    def __init__(self, tokenizer: WordTokenizer, lookahead: int, max_padding: int, hold_word: bool = False):
         self.tokenizer, self.lookahead, self.max_padding = tokenizer, lookahead, max_padding
+        self.hold_word = hold_word  # the word is read at every step until the next boundary
         self.queue: deque[int] = deque()
         self.ended = False
         self.current = PAD  # the text token the next step reads
@@ -336,7 +348,7 @@ class TextFeeder:
             boundary = False
         elif self.since_word >= self.max_padding:
             boundary = True
-        self.current = BOUNDARY if boundary else PAD
+        self.current = BOUNDARY if boundary else (read if self.hold_word and not self.finished else PAD)
 
 
 # -- files ----------------------------------------------------------------------------------
@@ -396,7 +408,7 @@ class TtsRunner:
 
     def _feeder(self) -> TextFeeder:
         c = self.model.config
-        return TextFeeder(self.model.tokenizer, c.lookahead, c.max_padding)
+        return TextFeeder(self.model.tokenizer, c.lookahead, c.max_padding, c.hold_word)
 
     def open(self, slot: int, seed: int | None = None) -> None:
         self.state.reset(slot)

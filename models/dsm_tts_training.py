@@ -74,8 +74,9 @@ def make_batch(model: DsmTts, utterances: Sequence[CodedUtterance], rng: np.rand
     return TtsBatch(*(torch.from_numpy(a) for a in (text, ahead, audio, boundary)))
 
 
-def batch_loss(model: DsmTts, batch: TtsBatch, boundary_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
-    boundary_logits, audio_logits = model(batch.text, batch.ahead, batch.audio)
+def batch_loss(model: DsmTts, batch: TtsBatch, boundary_weight: float = 1.0,
+               input_noise: float = 0.0) -> tuple[torch.Tensor, dict]:
+    boundary_logits, audio_logits = model(batch.text, batch.ahead, batch.audio, input_noise=input_noise)
     audio = F.cross_entropy(audio_logits.reshape(-1, audio_logits.shape[-1]), batch.audio.reshape(-1), ignore_index=-1)
     text = F.cross_entropy(boundary_logits.reshape(-1, 2), batch.boundary.reshape(-1), ignore_index=-1)
     first = F.cross_entropy(audio_logits[..., 0, :].reshape(-1, audio_logits.shape[-1]),
@@ -85,9 +86,11 @@ def batch_loss(model: DsmTts, batch: TtsBatch, boundary_weight: float = 1.0) -> 
 
 def train_dsm_tts(model: DsmTts, utterances: Sequence[CodedUtterance], *, steps: int, batch_size: int = 24,
                   lr: float = 2e-3, warmup: int = 100, seed: int = 0, time_limit_s: float | None = None,
+                  input_noise: float = 0.0,
                   on_step: Callable[[int, float, dict], None] | None = None) -> list[float]:
     """AdamW, linear warm-up, cosine decay over ``steps`` (or, with ``time_limit_s``, over the
-    steps that fit: the schedule is stretched on wall time); returns every step's loss."""
+    steps that fit: the schedule is stretched on wall time); returns every step's loss.
+    ``input_noise``: :meth:`DsmTts.forward`'s."""
     import time
 
     rng = np.random.default_rng(seed)
@@ -114,7 +117,7 @@ def train_dsm_tts(model: DsmTts, utterances: Sequence[CodedUtterance], *, steps:
         for group in optimizer.param_groups:
             group["lr"] = lr * scale
         batch = make_batch(model, utterances, rng, batch_size)
-        loss, parts = batch_loss(model, batch)
+        loss, parts = batch_loss(model, batch, input_noise=input_noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -27,6 +27,7 @@ gets a reply saying so and no goal; questions are answered from the table.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -252,6 +253,19 @@ def sample_sentences(n: int, seed: int = 0) -> list[Sentence]:
             continue
         seen[sentence.text] = sentence
     return list(seen.values())
+
+
+def normal_text(text: str) -> str:
+    """Lowercase words joined by single spaces: how sentences are compared for held-out splits."""
+    return " ".join(re.findall(r"[a-z]+", text.lower()))
+
+
+def says_any(text: str, sentences: set[str], min_words: int = 1) -> bool:
+    """``text`` contains one of ``sentences`` (:func:`normal_text` forms) of at least
+    ``min_words`` words as a run of its words."""
+    words = normal_text(text).split()
+    return any(" ".join(words[i:j]) in sentences for i in range(len(words))
+               for j in range(i + min_words, len(words) + 1))
 
 
 def vocabulary() -> list[str]:

@@ -25,14 +25,14 @@ from __future__ import annotations
 import json
 import math
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
-from models.world_grammar import Sentence, Table, answer, sample_sentences, sample_table, table_context
+from models.world_grammar import (Sentence, Table, answer, normal_text, sample_sentences, sample_table, says_any,
+                                  table_context)
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints" / "world_lm"
 COMMAND_KINDS = ("reach", "move", "region", "control")
@@ -50,11 +50,6 @@ SIZES = {"small": (128, 384, 4, 4, 2), "medium": (192, 512, 4, 4, 2), "tiny": (6
 def reply_line(answer_: dict[str, Any]) -> str:
     """The structured answer as the model writes it: one line of JSON."""
     return json.dumps({"reply": answer_["reply"], "goal": answer_["goal"]})
-
-
-def _normal(text: str) -> str:
-    """Lowercase words joined by single spaces: how sentences are compared for the split."""
-    return " ".join(re.findall(r"[a-z]+", text.lower()))
 
 
 def split_sentences(seed: int = SENTENCE_SEED, pool: int = POOL, commands: int = HELDOUT_COMMANDS,
@@ -77,21 +72,19 @@ def split_sentences(seed: int = SENTENCE_SEED, pool: int = POOL, commands: int =
             want[group] -= 1
     heldout = [sentences[i] for i in sorted(held)]
     chosen = set(held)
-    texts = {_normal(s.text) for s in heldout}
+    texts = {normal_text(s.text) for s in heldout}
     train = [s for i, s in enumerate(sentences) if i not in chosen]
     return [s for s in train if not _says(s.text, texts)], heldout
 
 
 def _says(text: str, heldout: set[str]) -> bool:
     """``text`` contains one of the ``heldout`` texts (normalised) as a run of its words."""
-    words = _normal(text).split()
-    return any(" ".join(words[i:j]) in heldout for i in range(len(words))
-               for j in range(i + MIN_HELDOUT_WORDS, len(words) + 1))
+    return says_any(text, heldout, MIN_HELDOUT_WORDS)
 
 
 def leaks(train_texts: Sequence[str], heldout: Sequence[Sentence]) -> list[str]:
     """The training texts that say a held-out sentence (as a run of words, any case): [] when clean."""
-    held = {_normal(s.text) for s in heldout}
+    held = {normal_text(s.text) for s in heldout}
     return [t for t in train_texts if _says(t, held)]
 
 

@@ -88,19 +88,46 @@ def test_text_leads_and_codebook_k_of_a_frame_is_written_k_steps_after_codebook_
     words = [TimedWord("go", 0.08, 0.3), TimedWord("left", 0.32, 0.6)]
     codes = np.arange(12 * c.codebooks).reshape(12, c.codebooks) % c.codebook_size
     s = align_tts_streams(words, codes, model.tokenizer, c)
-    assert s.text[1] == BOUNDARY and s.text[2] == model.tokenizer.token("go")
-    assert s.text[4] == BOUNDARY and s.text[5] == model.tokenizer.token("left")
-    assert s.end == 8 and s.text[8] == BOUNDARY  # the end boundary where the last word ends
+    go, left = model.tokenizer.token("go"), model.tokenizer.token("left")
+    assert c.hold_word  # the word is read until the next boundary
+    assert list(s.text[:9]) == [PAD, BOUNDARY, go, go, BOUNDARY, left, left, left, BOUNDARY]
+    assert s.end == 8  # the end boundary where the last word ends
     frames = s.end + TAIL_FRAMES + 1
     for k in range(c.codebooks):
         lag = c.audio_delay + c.delays[k]
         assert (s.audio[:lag, k] == -1).all()
         assert (s.audio[lag: lag + frames, k] == codes[:frames, k]).all()
         assert (s.audio[lag + frames:, k] == -1).all()
-    go, left = model.tokenizer.token("go"), model.tokenizer.token("left")
     assert list(s.ahead[0]) == [go, left]  # before any word is read: the first two queued
     assert list(s.ahead[2]) == [left, PAD]  # "go" read: "left", then the end of the text
     assert list(s.ahead[5]) == [PAD, PAD]
+
+
+def test_without_hold_word_a_word_is_read_once_after_its_boundary_as_in_dsm(tiny):
+    import dataclasses
+
+    _, model, _ = tiny
+    c = dataclasses.replace(model.config, hold_word=False)
+    words = [TimedWord("go", 0.08, 0.3), TimedWord("left", 0.32, 0.6)]
+    codes = np.zeros((12, c.codebooks), dtype=np.int64)
+    s = align_tts_streams(words, codes, model.tokenizer, c)
+    go, left = model.tokenizer.token("go"), model.tokenizer.token("left")
+    assert list(s.text[:9]) == [PAD, BOUNDARY, go, PAD, BOUNDARY, left, PAD, PAD, BOUNDARY]
+
+
+def test_input_noise_changes_only_the_codes_read_back_not_the_targets(tiny):
+    _, model, _ = tiny
+    c = model.config
+    words = [TimedWord("go", 0.08, 0.3), TimedWord("left", 0.32, 0.6)]
+    codes = np.arange(12 * c.codebooks).reshape(12, c.codebooks) % c.codebook_size
+    s = align_tts_streams(words, codes, model.tokenizer, c)
+    text, ahead, audio = (torch.from_numpy(a)[None] for a in (s.text, s.ahead, s.audio))
+    kept = audio.clone()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        clean = model(text, ahead, audio)[1]
+        noisy = model(text, ahead, audio, input_noise=0.5)[1]
+    assert torch.equal(audio, kept) and not torch.allclose(clean, noisy)
 
 
 def test_streams_stepped_together_get_the_codes_each_gets_alone(tiny):
@@ -377,3 +404,18 @@ def test_a_client_that_stops_reading_is_closed_and_another_still_gets_all_its_au
                     break
                 time.sleep(0.05)
             assert len(server.server.sessions) == 0
+
+
+def test_extra_training_sentences_are_new_in_vocabulary_and_never_say_a_held_out_sentence():
+    from clients.train_tts import extra_sentences
+    from models.world_grammar import normal_text, sample_sentences, says_any
+
+    drawn = [" ".join(s.words) for s in sample_sentences(200, seed=0)]
+    train, heldout = drawn[:150], drawn[150:]
+    vocabulary = {w for t in drawn for w in t.split()}
+    extra = extra_sentences(100, train, heldout, vocabulary)
+    held = {normal_text(t) for t in heldout}
+    assert len(extra) == len(set(extra)) == 100
+    assert not set(extra) & set(drawn)
+    assert not any(says_any(t, held) for t in extra)
+    assert all(set(t.split()) <= vocabulary for t in extra)

@@ -21,7 +21,7 @@ def voice_audio(seconds: float, seed: int) -> np.ndarray:
     return (0.2 * envelope * (tone + 0.3 * rng.standard_normal(len(t)))).astype(np.float32)
 
 
-def save_tiny_tts(directory: Path, seed: int = 1, codebooks: int = 3, window: int = 16):
+def save_tiny_tts(directory: Path, seed: int = 1, codebooks: int = 3, window: int = 16, hold_word: bool = True):
     """A tiny fitted codec (``tts_codec.*``) and a tiny random synthesiser (``dsm_tts.*``) in
     ``directory``; returns (model, codec)."""
     import torch
@@ -36,7 +36,8 @@ def save_tiny_tts(directory: Path, seed: int = 1, codebooks: int = 3, window: in
                          iterations=3, seed=seed)
     save_codec(codec, directory)
     model = DsmTts(DsmTtsConfig(words=vocabulary(), codebooks=codebooks, codebook_size=16, d_model=32, layers=2,
-                                heads=2, ff=64, window=window, max_padding=5)).eval()
+                                heads=2, ff=64, window=window, max_padding=5,
+                                hold_word=hold_word)).eval()
     save_dsm_tts(model, directory)
     return model, codec
 
