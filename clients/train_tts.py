@@ -30,13 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, default=64, help="attention window = KV cache length in frames (default %(default)s)")
     parser.add_argument("--audio-delay", type=int, default=2, help="frames the audio lags the text (default %(default)s)")
     parser.add_argument("--codebooks", type=int, default=None, help="codebooks predicted (default: all the codec's)")
-    parser.add_argument("--hold-word", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--hold-word", action=argparse.BooleanOptionalAction, default=False,
                         help="the word being spoken is read at every step until the next boundary, not once "
-                             "(default: on)")
-    parser.add_argument("--input-noise", type=float, default=0.1,
+                             "(default: off, as the shipped checkpoint was trained)")
+    parser.add_argument("--input-noise", type=float, default=0.0,
                         help="fraction of the codes read back as input replaced by random ones in training "
                              "(default %(default)s)")
-    parser.add_argument("--extra-sentences", type=int, default=6000,
+    parser.add_argument("--extra-sentences", type=int, default=0,
                         help="more sentences of the world grammar to train on, beyond the corpus's training ones: "
                              "none contains a held-out sentence, every word is in the corpus's list "
                              "(default %(default)s)")
