@@ -133,16 +133,14 @@ class Block(nn.Module):
 
 
 @dataclass
-class AsrSlots:
-    """The state of ``size`` streams (slots) of one :class:`DsmAsr`; fixed size, whatever
-    their length."""
+class WindowSlots:
+    """The windowed KV caches of ``size`` streams (slots) of a stepped DSM model (the
+    recogniser's, the synthesiser's); fixed size, whatever their length."""
 
     keys: torch.Tensor  # [layers, S, H, window, dh]
     values: torch.Tensor  # [layers, S, H, window, dh]
     positions: torch.Tensor  # [S, window] int64: the frame each cache entry holds, -1 empty
     frame: torch.Tensor  # [S] int64: frames processed
-    previous: torch.Tensor  # [S] int64: the text token written at the last frame
-    tail: torch.Tensor  # [S, 240]: the last samples of the last frame
 
     @property
     def size(self) -> int:
@@ -154,6 +152,17 @@ class AsrSlots:
         self.values[:, slot] = 0
         self.positions[slot] = -1
         self.frame[slot] = 0
+
+
+@dataclass
+class AsrSlots(WindowSlots):
+    """:class:`WindowSlots` of one :class:`DsmAsr`, with what its steps carry over."""
+
+    previous: torch.Tensor  # [S] int64: the text token written at the last frame
+    tail: torch.Tensor  # [S, 240]: the last samples of the last frame
+
+    def reset(self, slot: int) -> None:
+        super().reset(slot)
         self.previous[slot] = PAD
         self.tail[slot] = 0
 

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.dsm_asr import Block
+from models.dsm_asr import Block, WindowSlots
 from models.dsm_streams import BOUNDARY, FIRST_WORD, PAD, TimedWord, WordTokenizer, frame_of
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
@@ -135,25 +135,15 @@ def align_tts_streams(words: Sequence[TimedWord], codes: np.ndarray, tokenizer: 
 # -- the model ------------------------------------------------------------------------------
 
 @dataclass
-class TtsSlots:
-    """The state of ``size`` streams of one :class:`DsmTts` (fixed size whatever their length)."""
+class TtsSlots(WindowSlots):
+    """:class:`~models.dsm_asr.WindowSlots` of one :class:`DsmTts` (``frame``: steps taken),
+    with the codes its steps carry over."""
 
-    keys: torch.Tensor  # [layers, S, H, window, dh]
-    values: torch.Tensor
-    positions: torch.Tensor  # [S, window] int64, -1 empty
-    frame: torch.Tensor  # [S] int64 steps taken
     previous_audio: torch.Tensor  # [S, codebooks] int64: codes written at the last step (card: none)
     none: int  # the code id that means "no code yet" (the codebook size)
 
-    @property
-    def size(self) -> int:
-        return self.frame.shape[0]
-
     def reset(self, slot: int) -> None:
-        self.keys[:, slot] = 0
-        self.values[:, slot] = 0
-        self.positions[slot] = -1
-        self.frame[slot] = 0
+        super().reset(slot)
         self.previous_audio[slot] = self.none
 
 
