@@ -35,7 +35,7 @@ FESTIVAL_BATCH = 64  # utterances per festival process
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="corpus directory (default %(default)s)")
     parser.add_argument("--sentences", type=int, default=3000, help="distinct sentences (default %(default)s)")
-    parser.add_argument("--train-renderings", type=int, default=6,
+    parser.add_argument("--train-renderings", type=int, default=10,
                         help="utterances per training sentence, each in a random training voice (default %(default)s)")
     parser.add_argument("--test-renderings", type=int, default=2,
                         help="utterances per held-out sentence in training voices (default %(default)s); "

@@ -19,7 +19,7 @@ SUMMARY = "train the DSM speech recogniser on the speech corpus (headway data sp
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus", type=Path, default=Path("out/speech"), help="corpus directory (default %(default)s)")
-    parser.add_argument("--steps", type=int, default=8000, help="optimizer steps (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=10000, help="optimizer steps (default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="sequences per step (default %(default)s)")
     parser.add_argument("--frames", type=int, default=96, help="80 ms frames per sequence (default %(default)s)")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default %(default)s)")
