@@ -82,12 +82,18 @@ def test_vocoding_slots_together_gives_each_the_audio_it_gets_alone(tiny):
 
 # -- the streams --------------------------------------------------------------------------------
 
+def go_left_streams(model, config):
+    """The streams of "go left" (boundaries at frames 1 and 4, the end at 8) over 12 frames of
+    distinct codes; returns (streams, codes)."""
+    words = [TimedWord("go", 0.08, 0.3), TimedWord("left", 0.32, 0.6)]
+    codes = np.arange(12 * config.codebooks).reshape(12, config.codebooks) % config.codebook_size
+    return align_tts_streams(words, codes, model.tokenizer, config), codes
+
+
 def test_text_leads_and_codebook_k_of_a_frame_is_written_k_steps_after_codebook_0(tiny):
     _, model, _ = tiny
     c = model.config
-    words = [TimedWord("go", 0.08, 0.3), TimedWord("left", 0.32, 0.6)]
-    codes = np.arange(12 * c.codebooks).reshape(12, c.codebooks) % c.codebook_size
-    s = align_tts_streams(words, codes, model.tokenizer, c)
+    s, codes = go_left_streams(model, c)
     go, left = model.tokenizer.token("go"), model.tokenizer.token("left")
     assert c.hold_word  # the word is read until the next boundary
     assert list(s.text[:9]) == [PAD, BOUNDARY, go, go, BOUNDARY, left, left, left, BOUNDARY]
@@ -107,20 +113,14 @@ def test_without_hold_word_a_word_is_read_once_after_its_boundary_as_in_dsm(tiny
     import dataclasses
 
     _, model, _ = tiny
-    c = dataclasses.replace(model.config, hold_word=False)
-    words = [TimedWord("go", 0.08, 0.3), TimedWord("left", 0.32, 0.6)]
-    codes = np.zeros((12, c.codebooks), dtype=np.int64)
-    s = align_tts_streams(words, codes, model.tokenizer, c)
+    s, _ = go_left_streams(model, dataclasses.replace(model.config, hold_word=False))
     go, left = model.tokenizer.token("go"), model.tokenizer.token("left")
     assert list(s.text[:9]) == [PAD, BOUNDARY, go, PAD, BOUNDARY, left, PAD, PAD, BOUNDARY]
 
 
 def test_input_noise_changes_only_the_codes_read_back_not_the_targets(tiny):
     _, model, _ = tiny
-    c = model.config
-    words = [TimedWord("go", 0.08, 0.3), TimedWord("left", 0.32, 0.6)]
-    codes = np.arange(12 * c.codebooks).reshape(12, c.codebooks) % c.codebook_size
-    s = align_tts_streams(words, codes, model.tokenizer, c)
+    s, _ = go_left_streams(model, model.config)
     text, ahead, audio = (torch.from_numpy(a)[None] for a in (s.text, s.ahead, s.audio))
     kept = audio.clone()
     torch.manual_seed(0)
