@@ -11,18 +11,10 @@ questions; the engine's worker thread drives it::
 
 Lanes, highest priority first (:class:`Lane`): ``STEP`` (LLM decode steps and real-time
 stream steps such as DSM frames), ``ONESHOT`` (action chunks), ``PREFILL`` (prefill
-slices, a bounded number of tokens each). A batch holds requests of one lane (but see
-mixed lanes below). When several lanes are ready, the highest goes first, except that a
-ready lane passed over once goes next: no lane waits for more than one batch of another
-(a decode step waits at most one prefill slice; a prefill slice waits at most one batch of
-decode steps).
-
-With ``mixed_lanes`` (an executor that runs requests of every lane in one call, as a chat
-LM packs decode steps and prefill slices into one forward), a batch of the chosen lane is
-topped up with the ready requests of the other lanes, in lane then deadline order, while it
-has room and every request in it still makes its deadline: a decode step then shares its
-forward with the prefill slices it would otherwise wait for (chunked-prefill piggybacking,
-as in Sarathi-Serve). A lane that was topped up counts as served.
+slices, a bounded number of tokens each). A batch holds requests of one lane. When several
+lanes are ready, the highest goes first, except that a ready lane passed over once goes
+next: no lane waits for more than one batch of another (a decode step waits at most one
+prefill slice; a prefill slice waits at most one batch of decode steps).
 
 Within a lane requests are ordered by deadline (EDF). A stepped stream's steps run in the
 order they were pushed and at most one per batch: only the oldest queued step of a stream
@@ -145,7 +137,7 @@ class _LaneQueue:
 
 class Batcher:
     def __init__(self, max_batch_size: int, latency: LatencyEstimate, *, cost_of: CostOf = batch_size_cost,
-                 margin_ns: int = 1_000_000, max_queue: int = 256, mixed_lanes: bool = False):
+                 margin_ns: int = 1_000_000, max_queue: int = 256):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self.max_batch_size = max_batch_size
@@ -153,7 +145,6 @@ class Batcher:
         self.cost_of = cost_of
         self.margin_ns = margin_ns
         self.max_queue = max_queue
-        self.mixed_lanes = mixed_lanes
         self.busy_until_ns = 0  # predicted end of the dispatched batch; 0 while idle
         self._lanes = {lane: _LaneQueue() for lane in Lane}
         self._waiting: dict[Hashable, deque[Request]] = {}  # stream -> steps behind its eligible one
@@ -299,11 +290,9 @@ class Batcher:
             return WaitUntil(wake)
         skipped = [lane for lane in ready if self._lanes[lane].skipped]
         chosen = skipped[0] if skipped else ready[0]
-        others = [lane for lane in ready if lane != chosen] if self.mixed_lanes else []
-        dispatch, served = self._dispatch(chosen, others, now_ns)
         for lane in ready:
-            self._lanes[lane].skipped = lane not in served
-        return dispatch
+            self._lanes[lane].skipped = lane != chosen
+        return self._dispatch(chosen, now_ns)
 
     def finished(self) -> None:
         self.busy_until_ns = 0
@@ -321,9 +310,7 @@ class Batcher:
         deadline_risk = candidates[0].deadline_ns - predicted - self.margin_ns
         return min(window_end, deadline_risk)
 
-    def _dispatch(self, lane: Lane, others: Sequence[Lane], now_ns: int) -> tuple[Dispatch, set[Lane]]:
-        """A batch of ``lane``, topped up from the ready lanes ``others`` (mixed lanes only);
-        returns it and the lanes it took requests from."""
+    def _dispatch(self, lane: Lane, now_ns: int) -> Dispatch:
         queue = self._lanes[lane]
         batch: list[Request] = []
         expired: list[Request] = []
@@ -333,10 +320,6 @@ class Batcher:
                 continue
             queue.live -= 1
             batch.append(request)
-        served = {lane}
-        for other in others:
-            if self._top_up(batch, self._lanes[other], now_ns):
-                served.add(other)
         for request in batch:  # after the batch is formed: a stream's next step waits for the next batch
             self._taken(request)
         # Who makes the deadline in this batch: degrade those that may, drop the rest.
@@ -355,23 +338,4 @@ class Batcher:
                 batch = [r for r in batch if r not in expired]
                 predicted = self.predict(batch) if batch else 0
         self.busy_until_ns = now_ns + predicted if batch else 0
-        return Dispatch(lane, batch, expired, predicted), served
-
-    def _top_up(self, batch: list[Request], queue: _LaneQueue, now_ns: int) -> bool:
-        """Move ``queue``'s earliest-deadline requests into ``batch`` while it has room and
-        every request in it still makes its deadline; returns whether any moved."""
-        moved = False
-        while len(batch) < self.max_batch_size:
-            queue.prune()
-            if not queue.heap:
-                break
-            request = queue.heap[0][2]
-            candidate = batch + [request]
-            earliest = min(r.deadline_ns for r in candidate)
-            if batch and now_ns + self.predict(candidate) > earliest:
-                break
-            heapq.heappop(queue.heap)
-            queue.live -= 1
-            batch.append(request)
-            moved = True
-        return moved
+        return Dispatch(lane, batch, expired, predicted)

@@ -165,7 +165,6 @@ def llm_factory(path: str | Path, name: str | None = None,
             reply_fields=lambda output: output,
             latency_prior_s=0.05,
             cost_of=chat_cost,
-            mixed_lanes=True,  # decode steps and prefill slices are packed into one forward
             slots=slots,
             chat=ChatText(tokenizer, chat_format, max_context, prefill_slice=options.prefill_slice,
                           context_text=context_text),

@@ -104,7 +104,6 @@ class Engine:
         margin_s: float = 0.001,
         latency_prior_s: float = 0.0,
         cost_of: CostOf = batch_size_cost,
-        mixed_lanes: bool = False,
         metrics: EngineMetricsSink | None = None,
     ):
         if hasattr(executor, "call"):
@@ -125,8 +124,7 @@ class Engine:
         self.latency = LatencyEstimate(int(latency_prior_s * 1e9))
         self.batcher = Batcher(max_batch_size, self.latency, cost_of=cost_of, margin_ns=int(margin_s * 1e9),
                                max_queue=max_queue if max_queue is not None
-                               else max(capacity, max_batch_size, 4 * (slots or 0)),
-                               mixed_lanes=mixed_lanes)
+                               else max(capacity, max_batch_size, 4 * (slots or 0)))
         self.metrics = metrics
         self._cond = threading.Condition(threading.Lock())
         self._controls: list[OpenSlot | CloseSlot] = []

@@ -99,7 +99,6 @@ class LoadedModel:
     reply_fields: Callable[[Any], dict[str, Any]]  # executor output -> reply fields
     latency_prior_s: float = 0.0  # first guess of one call's latency, before any is measured
     cost_of: CostOf = batch_size_cost  # a batch's cost key for the latency estimate
-    mixed_lanes: bool = False  # the executor runs requests of every lane in one batch (stream.batcher)
     slots: int = 0  # state slots of a stepped model (0: one-shot requests only)
     chat: ChatText | None = None  # a chat model (served at /v1/chat): its tokenizer and chat format
     asr: AsrAudio | None = None  # a streaming speech recogniser (served at /v1/asr and /api/asr-streaming)

@@ -145,7 +145,6 @@ class HeadwayServer:
                             slots=model.slots, capacity=self.config.capacity, max_queue=self.config.max_queue,
                             batch_window_s=self.config.batch_window_s, margin_s=self.config.margin_s,
                             latency_prior_s=model.latency_prior_s, cost_of=model.cost_of,
-                            mixed_lanes=model.mixed_lanes,
                             metrics=self.metrics.for_engine(model.name))
             self.served[model.name] = ServedModel(model, engine)
         self.default_model = models[0].name

@@ -50,7 +50,6 @@ class Session:
 @dataclass
 class Batch:
     lane: Lane
-    lanes: list[Lane]  # each request's (a mixed batch holds requests of several lanes)
     sessions: list[Session]
     inputs: list[dict]
     cost: Any
@@ -65,8 +64,7 @@ class LockstepEngine:
         self.model = model
         self.executor = executor
         self.latency = LatencyEstimate(prior_ns=int(model.latency_prior_s * 1e9))
-        self.batcher = Batcher(model.max_batch_size, self.latency, cost_of=chat_cost, max_queue=1024,
-                               mixed_lanes=model.mixed_lanes)
+        self.batcher = Batcher(model.max_batch_size, self.latency, cost_of=chat_cost, max_queue=1024)
         self.slots = SlotTable(model.slots)
         self.now = 0
         self.ns_per_token, self.ns_per_row = ns_per_token, ns_per_row
@@ -117,7 +115,7 @@ class LockstepEngine:
         batch = step.batch
         cost = chat_cost(batch)
         items = [WorkItem(r.inputs, r.degraded, r.stream, r.arrival_ns, r.deadline_ns) for r in batch]
-        self.batches.append(Batch(step.lane, [r.lane for r in batch], [r.owner for r in batch], [r.inputs for r in batch], cost, self.now))
+        self.batches.append(Batch(step.lane, [r.owner for r in batch], [r.inputs for r in batch], cost, self.now))
         outputs = self.executor.run(RunBatch(int(step.lane), items, self.slots.active_mask({r.stream for r in batch})))
         start = self.now
         self.now += self.ns_per_token * cost.size if cost.kind == "prefill" else self.ns_per_row * cost.size

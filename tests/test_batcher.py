@@ -211,61 +211,6 @@ def test_a_lane_passed_over_once_goes_next():
     assert lanes == [Lane.STEP, Lane.PREFILL, Lane.STEP, Lane.STEP]
 
 
-def mixed(max_batch: int = 4, call_ms: float = 10.0) -> Batcher:
-    return Batcher(max_batch, LatencyEstimate(prior_ns=int(call_ms * MS)), margin_ns=MS, mixed_lanes=True)
-
-
-def test_with_mixed_lanes_a_decode_step_shares_its_batch_with_ready_prefill_slices():
-    b = mixed()
-    push(b, request("p1", stream=1, replaceable=False, lane=Lane.PREFILL))
-    push(b, request("p2", stream=2, replaceable=False, lane=Lane.PREFILL))
-    push(b, request("d", stream=0, replaceable=False, lane=Lane.STEP))
-    step = b.next(0)
-    assert step.lane is Lane.STEP and owners(step) == ["d", "p1", "p2"]
-    b.finished()
-    assert b_next_is_wait(b.next(0)) is None
-
-
-def test_without_mixed_lanes_a_batch_holds_one_lane():
-    b = batcher()
-    push(b, request("p", stream=1, replaceable=False, lane=Lane.PREFILL))
-    push(b, request("d", stream=0, replaceable=False, lane=Lane.STEP))
-    assert owners(b.next(0)) == ["d"]
-
-
-def test_a_mixed_batch_still_holds_one_step_per_stream():
-    b = mixed()
-    push(b, request("s", inputs="slice", stream=0, replaceable=False, lane=Lane.PREFILL))
-    push(b, request("s", inputs="decode", stream=0, replaceable=False, lane=Lane.STEP))
-    assert [r.inputs for r in b.next(0).batch] == ["slice"]
-    b.finished()
-    assert [r.inputs for r in b.next(0).batch] == ["decode"]
-
-
-def test_a_mixed_batch_takes_lower_lanes_only_while_it_has_room_and_the_rest_goes_next():
-    b = mixed(max_batch=2)
-    push(b, request("d", stream=0, replaceable=False, lane=Lane.STEP))
-    for i in (1, 2):
-        push(b, request(f"p{i}", stream=i, replaceable=False, lane=Lane.PREFILL))
-    assert owners(b.next(0)) == ["d", "p1"]
-    b.finished()
-    push(b, request("d", stream=0, replaceable=False, lane=Lane.STEP))
-    step = b.next(0)
-    assert owners(step) == ["d", "p2"]
-
-
-def test_a_mixed_batch_leaves_out_a_request_that_would_make_it_miss_a_deadline():
-    latency = LatencyEstimate(prior_ns=MS)
-    latency.observe(CostKey("normal", 1), 15 * MS)
-    latency.observe(CostKey("normal", 2), 30 * MS)
-    b = Batcher(4, latency, margin_ns=0, mixed_lanes=True)
-    push(b, request("d", budget_ms=20, stream=0, replaceable=False, lane=Lane.STEP))
-    push(b, request("p", budget_ms=1000, stream=1, replaceable=False, lane=Lane.PREFILL))
-    assert owners(b.next(0)) == ["d"]  # together they would take 30 ms: the step's deadline is 20
-    b.finished()
-    assert owners(b.next(15 * MS)) == ["p"]
-
-
 def test_each_lane_predicts_with_the_cost_its_batch_names():
     latency = LatencyEstimate(prior_ns=MS)
     latency.observe(CostKey("decode", 1), 2 * MS)

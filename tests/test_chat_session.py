@@ -197,26 +197,6 @@ def test_a_decode_step_waits_for_at_most_one_prefill_batch_holding_one_slice_of_
             assert lane == Lane.PREFILL and len(who) == len(set(who)) <= len(typists)
 
 
-def test_decode_steps_carry_the_prefill_slices_of_other_sessions_in_one_forward(executor):
-    engine = engine_for(executor, prefill_slice=4, max_tokens=20)
-    talker, *typists = engine.connect(), engine.connect(), engine.connect()
-    for session in (talker, *typists):
-        engine.send(session, {"type": "hello"})
-    engine.run()
-    stream_prompt(engine, talker, "Say something.", run_between=False)
-    engine.send(talker, {"type": "prompt_end"})
-    for typist in typists:
-        engine.send(typist, {"type": "prompt_delta", "text": PROMPT * 3})
-    engine.run()
-    talker_steps = [b for b in engine.batches if b.lane == Lane.STEP and talker in b.sessions]
-    carried = [b for b in talker_steps if set(typists) <= set(b.sessions)]
-    assert len(carried) >= 5
-    for batch in carried:
-        lanes = dict(zip(batch.sessions, batch.lanes))
-        assert lanes[talker] == Lane.STEP and all(lanes[t] == Lane.PREFILL for t in typists)
-        assert batch.cost.kind == "prefill"  # one forward: the decode row and the slices packed together
-
-
 def test_a_slice_still_queued_on_the_prefill_lane_at_prompt_end_runs_on_the_step_lane(executor):
     engine = engine_for(executor, prefill_slice=4, max_tokens=4)
     talker, typist = engine.connect(), engine.connect()
