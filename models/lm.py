@@ -40,7 +40,6 @@ import torch
 import torch.nn.functional as F
 
 ATTENTION = "headway_slots"
-EAGER_MAX_QUERIES = 32  # rows of at most this many tokens attend by _attend, longer ones by SDPA
 
 
 @dataclass
@@ -129,46 +128,24 @@ def slot_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tens
     window = kwargs.get("sliding_window")
     groups = query.shape[1] // key.shape[1]
     out = query.new_empty((query.shape[2], query.shape[1], query.shape[3]))  # [N, heads, d]
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     for cache, position, offset, length in zip(packed.caches, packed.positions, packed.offsets, packed.lengths):
         span = slice(offset, offset + length)
         cache.write(layer, position, key[0, :, span], value[0, :, span])
         keys, values = cache.view(layer, position + length)
-        mask = None
-        if window is not None and position + length > window:  # keys before the window never count
-            first = max(0, position - window + 1)
-            keys, values = keys[:, first:], values[:, first:]
-            mask = packed.causal_mask(position, length, window, query.device)[:, first:]
-        elif length > 1:  # (one query sees the whole cache: no mask)
-            mask = packed.causal_mask(position, length, window, query.device)
-        if length <= EAGER_MAX_QUERIES:
-            o = _attend(query[0, :, span], keys, values, mask, scale, groups)
-        else:  # a long prefill: SDPA's fused kernel never holds the [T, L] scores of every head
-            o = F.scaled_dot_product_attention(query[:, :, span], keys[None], values[None], attn_mask=mask,
-                                               scale=scale, enable_gqa=groups > 1)[0]
-        out[span] = o.transpose(0, 1)
+        q = query[:, :, span]
+        if length == 1 and window is None:  # one query sees the whole cache: no mask
+            o = F.scaled_dot_product_attention(q, keys[None], values[None], scale=scaling, enable_gqa=groups > 1)
+        else:
+            if window is not None and position + length > window:  # keys before the window never count
+                first = max(0, position - window + 1)
+                keys, values = keys[:, first:], values[:, first:]
+                mask = packed.causal_mask(position, length, window, query.device)[:, first:]
+            else:
+                mask = packed.causal_mask(position, length, window, query.device)
+            o = F.scaled_dot_product_attention(q, keys[None], values[None], attn_mask=mask, scale=scaling,
+                                               enable_gqa=groups > 1)
+        out[span] = o[0].transpose(0, 1)
     return out[None], None
-
-
-def _attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
-            scale: float, groups: int) -> torch.Tensor:
-    """One row's attention: ``query`` ``[heads, T, d]`` over ``keys``/``values`` ``[kv_heads, L, d]``
-    (query head h reads kv head h // groups), ``mask`` ``[T, L]`` (True: attend) -> ``[heads, T, d]``.
-
-    As ``transformers``' eager attention computes it (scores and weighted sum in the model's
-    dtype, softmax in float32), with the query heads that share a kv head stacked into one
-    matrix product instead of the kv heads repeated. On CPU this is several times faster than
-    ``scaled_dot_product_attention`` for the few queries of a decode step or a slice (measured
-    on the ~100M bench Llama in bfloat16, one thread: 62 against 449 us for one query over 300
-    keys, 127 against 314 us for 8; even at 32)."""
-    heads, length, dim = query.shape
-    kv_heads, seen = keys.shape[0], keys.shape[1]
-    scores = torch.bmm(query.reshape(kv_heads, groups * length, dim), keys.transpose(1, 2)).mul_(scale)
-    if mask is not None:
-        scores = scores.view(kv_heads, groups, length, seen).masked_fill_(~mask, float("-inf")).view(
-            kv_heads, groups * length, seen)
-    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
-    return torch.bmm(weights, values).view(heads, length, dim)
 
 
 def _no_mask(*args: Any, **kwargs: Any) -> None:

@@ -175,21 +175,6 @@ def test_rows_of_several_slots_in_one_batch_give_what_each_gives_alone(lm, refer
     torch.testing.assert_close(step_b, full_logits(reference, b + [9])[-1], atol=2e-5, rtol=1e-4)
 
 
-def test_a_long_row_and_short_slices_of_it_give_transformers_logits_at_every_position(lm, reference):
-    from models.lm import EAGER_MAX_QUERIES
-
-    ids = encode_content(lm.tokenizer, (PROMPT + " ") * 6)
-    assert len(ids) > 2 * EAGER_MAX_QUERIES  # one row past the eager path's bound, slices within it
-    expected = full_logits(reference, ids)
-    lm.open_slot(6)
-    [whole] = lm.forward([Row(6, 0, ids)], all_positions=True)
-    torch.testing.assert_close(whole, expected, atol=2e-5, rtol=1e-4)
-    lm.open_slot(6)
-    sliced = torch.cat([lm.forward([Row(6, at, ids[at:at + 7])], all_positions=True)[0]
-                        for at in range(0, len(ids), 7)])
-    torch.testing.assert_close(sliced, expected, atol=2e-5, rtol=1e-4)
-
-
 def test_a_smaller_position_rolls_the_slot_back_before_appending(lm, reference):
     ids = encode_content(lm.tokenizer, "Go to the blue ball and stop there.")
     lm.open_slot(3)
