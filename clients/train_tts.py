@@ -19,7 +19,7 @@ EXTRA_SEED = 1009  # the extra sentences' draw (the corpus's own uses its --seed
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus", type=Path, default=Path("out/speech"), help="speech corpus (its sentences.jsonl, words.txt)")
-    parser.add_argument("--steps", type=int, default=3000, help="optimizer steps at most (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=9000, help="optimizer steps at most (default %(default)s)")
     parser.add_argument("--minutes", type=float, default=None, help="stop (and anneal) within this wall time")
     parser.add_argument("--batch-size", type=int, default=16, help="sequences per step (default %(default)s)")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default %(default)s)")
@@ -30,13 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, default=64, help="attention window = KV cache length in frames (default %(default)s)")
     parser.add_argument("--audio-delay", type=int, default=2, help="frames the audio lags the text (default %(default)s)")
     parser.add_argument("--codebooks", type=int, default=None, help="codebooks predicted (default: all the codec's)")
-    parser.add_argument("--hold-word", action=argparse.BooleanOptionalAction, default=False,
+    parser.add_argument("--hold-word", action=argparse.BooleanOptionalAction, default=True,
                         help="the word being spoken is read at every step until the next boundary, not once "
-                             "(default: off, as the shipped checkpoint was trained)")
-    parser.add_argument("--input-noise", type=float, default=0.0,
+                             "(default: on)")
+    parser.add_argument("--input-noise", type=float, default=0.1,
                         help="fraction of the codes read back as input replaced by random ones in training "
                              "(default %(default)s)")
-    parser.add_argument("--extra-sentences", type=int, default=0,
+    parser.add_argument("--extra-sentences", type=int, default=6000,
                         help="more sentences of the world grammar to train on, beyond the corpus's training ones: "
                              "none contains a held-out sentence, every word is in the corpus's list "
                              "(default %(default)s)")
