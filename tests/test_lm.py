@@ -175,6 +175,18 @@ def test_rows_of_several_slots_in_one_batch_give_what_each_gives_alone(lm, refer
     torch.testing.assert_close(step_b, full_logits(reference, b + [9])[-1], atol=2e-5, rtol=1e-4)
 
 
+def test_a_long_row_beside_a_short_row_and_a_decode_step_gives_what_each_gives_alone(lm, reference):
+    long = [5 + i % 200 for i in range(40)]
+    short = encode_content(lm.tokenizer, "Where is the yellow ring?")
+    step = encode_content(lm.tokenizer, "Go left.")
+    for slot in (6, 7, 8):
+        lm.open_slot(slot)
+    lm.forward([Row(8, 0, step)])
+    logits = lm.forward([Row(6, 0, long), Row(7, 0, short), Row(8, len(step), [9])])
+    for got, ids in zip(logits, (long, short, step + [9])):
+        torch.testing.assert_close(got, full_logits(reference, ids)[-1], atol=2e-5, rtol=1e-4)
+
+
 def test_a_smaller_position_rolls_the_slot_back_before_appending(lm, reference):
     ids = encode_content(lm.tokenizer, "Go to the blue ball and stop there.")
     lm.open_slot(3)
