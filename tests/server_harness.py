@@ -23,6 +23,9 @@ def standin(ms: float = 0.0, alias: str | None = None, max_batch: int = 64) -> r
 TRANSPORTS = ("websockets", "asgi")
 
 
+START_TIMEOUT_S = 60.0  # loading models on a busy 2-core CI machine can take tens of seconds
+
+
 class ServerThread:
     """``with ServerThread([standin(5)], ServerConfig(...)) as s: s.url`` -- a running server.
 
@@ -86,9 +89,11 @@ class ServerThread:
 
     def __enter__(self) -> "ServerThread":
         self._thread.start()
-        self._ready.wait(10)
+        started = self._ready.wait(START_TIMEOUT_S)
         if self._error is not None:
             raise self._error
+        if not started:  # never hand a test a server without a port: it would connect to port 80
+            raise TimeoutError(f"the server did not start within {START_TIMEOUT_S:.0f} s")
         return self
 
     def __exit__(self, *exc: object) -> None:
