@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of teacher-forced input words replaced by random words (default %(default)s)")
     parser.add_argument("--vtl-warp", type=float, default=0.1,
                         help="vocal-tract-length perturbation: mel axis stretched by 1 +- this (default %(default)s; 0: none)")
+    parser.add_argument("--spectral-tilt", type=float, default=0.0,
+                        help="random smooth spectral envelope per sequence, up to +- this per cosine (default %(default)s; 0: none)")
     parser.add_argument("--no-spec-augment", action="store_true", help="no SpecAugment masks on the features")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation and batches (default %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -100,6 +102,7 @@ def main(args: argparse.Namespace) -> int:
 
     t1 = time.perf_counter()
     regularisation = Regularisation(text_noise=args.text_noise, vtl_warp=args.vtl_warp,
+                                    spectral_tilt=args.spectral_tilt,
                                     **({"freq_masks": 0, "time_every": 10**9} if args.no_spec_augment else {}))
     losses = train_dsm_asr(model, clips, steps=args.steps, batch_size=args.batch_size, frames=args.frames, lr=args.lr,
                            seed=args.seed, regularisation=regularisation, on_step=on_step)

@@ -120,7 +120,12 @@ class Regularisation:
       held-out voice is a speaker (female, HTS) that the few training voices do not cover.
     * SpecAugment (Park et al. 2019) on the normalised features: ``freq_masks`` bands of up to
       ``freq_width`` mel bins, and one time mask of up to ``time_width`` sub-frames (10 ms each)
-      per ``time_every`` frames, set to the mean (0)."""
+      per ``time_every`` frames, set to the mean (0).
+    * A random spectral envelope per sequence (``spectral_tilt``): a smooth curve across the mel
+      bands, ``sum_k a_k cos(pi k (m + 1/2) / M)`` for k = 1..3 with ``a_k`` drawn from
+      ``± spectral_tilt`` (normalised units; 0.3 is about 4 dB), added to every frame. VTLP moves
+      formants; this changes the balance of low and high bands, as a voice's glottal source, a
+      vocoder or a microphone does, which no training voice may have."""
 
     text_noise: float = 0.2
     vtl_warp: float = 0.1
@@ -128,12 +133,15 @@ class Regularisation:
     freq_width: int = 12
     time_width: int = 4
     time_every: int = 12
+    spectral_tilt: float = 0.0
 
     def features(self, features: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         b, f, _ = features.shape
         x = features.reshape(b, f * SUBFRAMES, N_MELS).clone()
         if self.vtl_warp > 0:
             x = self._warp(x, generator)
+        if self.spectral_tilt > 0:
+            x = x + self._envelope(b, generator)[:, None, :]
         for i in range(b):
             for _ in range(self.freq_masks):
                 width = int(torch.randint(0, self.freq_width + 1, (), generator=generator))
@@ -154,6 +162,13 @@ class Regularisation:
         frac = (source - low)[:, None, :]
         take = lambda index: x.gather(2, index[:, None, :].expand(b, t, m))  # noqa: E731
         return take(low) * (1 - frac) + take(high) * frac
+
+    def _envelope(self, b: int, generator: torch.Generator) -> torch.Tensor:
+        k = torch.arange(1, 4, dtype=torch.float32)
+        bands = (torch.arange(N_MELS, dtype=torch.float32) + 0.5) / N_MELS
+        basis = torch.cos(math.pi * k[:, None] * bands[None, :])  # [3, M]
+        gains = (2 * torch.rand(b, 3, generator=generator) - 1) * self.spectral_tilt
+        return gains @ basis  # [b, M]
 
     def text(self, previous: torch.Tensor, vocabulary_size: int, generator: torch.Generator) -> torch.Tensor:
         words = previous >= FIRST_WORD

@@ -162,3 +162,14 @@ def test_no_vocal_tract_warp_leaves_the_spectrum_alone():
     same = Regularisation(vtl_warp=0.0, freq_masks=0, time_every=10**9).features(
         features, torch.Generator().manual_seed(2))
     assert torch.equal(same, features)
+
+
+def test_spectral_tilt_adds_one_smooth_curve_per_sequence_to_every_frame():
+    features = torch.zeros(8, 6, SUBFRAMES * N_MELS)
+    tilted = Regularisation(spectral_tilt=0.3, vtl_warp=0.0, freq_masks=0, time_every=10**9).features(
+        features, torch.Generator().manual_seed(3)).view(8, 6 * SUBFRAMES, N_MELS)
+    assert torch.equal(tilted, tilted[:, :1].expand_as(tilted))  # the same curve in every frame of a sequence
+    curves = tilted[:, 0]
+    assert not torch.allclose(curves[0], curves[1])  # a new curve per sequence
+    assert curves.abs().max() <= 3 * 0.3 + 1e-6
+    assert (curves.diff(dim=1).abs().max() < 0.1)  # smooth across neighbouring bands
