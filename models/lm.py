@@ -16,7 +16,8 @@ and values (rotary embeddings applied at the given positions) and hands them to
 :func:`slot_attention`, which writes each row's new keys and values into its slot's cache
 and attends over the slot's cache up to and including them. Keys are cached after their
 rotary embedding, as every ``transformers`` cache does, so a slot's cache is exactly what a
-``DynamicCache`` would hold for the same tokens.
+``DynamicCache`` would hold for the same tokens (on a CPU, in float32 even for a half-precision
+model: see ``CausalLM.attention_dtype``).
 
 A row's ``position`` may be smaller than its slot's cache length: the cache is cut back to
 it first (a rolled-back tail: discarded speculative tokens, a cancelled reply, a
@@ -89,6 +90,7 @@ class _Packed:
     of the packed sequence, appended to ``caches[r]`` at ``positions[r]``."""
 
     caches: list[SlotCache]
+    attention_dtype: torch.dtype
     positions: list[int]
     offsets: list[int]
     lengths: list[int]
@@ -128,11 +130,13 @@ def slot_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tens
     window = kwargs.get("sliding_window")
     groups = query.shape[1] // key.shape[1]
     out = query.new_empty((query.shape[2], query.shape[1], query.shape[3]))  # [N, heads, d]
+    dtype = packed.attention_dtype
+    key, value = key.to(dtype), value.to(dtype)
     for cache, position, offset, length in zip(packed.caches, packed.positions, packed.offsets, packed.lengths):
         span = slice(offset, offset + length)
         cache.write(layer, position, key[0, :, span], value[0, :, span])
         keys, values = cache.view(layer, position + length)
-        q = query[:, :, span]
+        q = query[:, :, span].to(dtype)
         if length == 1 and window is None:  # one query sees the whole cache: no mask
             o = F.scaled_dot_product_attention(q, keys[None], values[None], scale=scaling, enable_gqa=groups > 1)
         else:
@@ -186,6 +190,11 @@ class CausalLM:
         self.max_context = min(limit, max_context) if max_context else limit
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         self.caches: dict[int, SlotCache] = {}
+        # Caches and attention in float32 on a CPU even when the weights are half precision:
+        # the CPU's bfloat16 SDPA kernel is the slow part of a decode step (440 us for one
+        # query over 448 keys against 96 us in float32, conversions included; docs/service.md),
+        # while the linear layers are where bfloat16 pays. On a GPU, the model's dtype.
+        self.attention_dtype = torch.float32 if self.device.type == "cpu" else self.model.dtype
 
     @property
     def parameters(self) -> int:
@@ -232,7 +241,7 @@ class CausalLM:
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
         position_ids = torch.tensor([pos_ids], dtype=torch.long, device=self.device)
         keep = torch.arange(offset, device=self.device) if all_positions else torch.tensor(last, device=self.device)
-        token = _RUNNING.set(_Packed(caches, positions, offsets, lengths))
+        token = _RUNNING.set(_Packed(caches, self.attention_dtype, positions, offsets, lengths))
         try:
             with torch.inference_mode():
                 logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False,

@@ -115,6 +115,15 @@ def test_in_bfloat16_incremental_prefill_agrees_with_one_full_prefill_to_bfloat1
         assert int(logits.argmax()) == int(expected.argmax())
 
 
+def test_a_bfloat16_model_on_a_cpu_keeps_its_cache_and_attention_in_float32():
+    lm = CausalLM(tiny_llm(), dtype=torch.bfloat16)
+    lm.open_slot(0)
+    lm.forward([Row(0, 0, [1, 2, 3])])
+    keys, values = lm.caches[0].view(0, 3)
+    assert lm.attention_dtype is torch.float32 and keys.dtype is values.dtype is torch.float32
+    assert next(lm.model.parameters()).dtype is torch.bfloat16
+
+
 def test_serving_dtype_names_the_dtype_and_auto_picks_one_the_hardware_computes_in():
     assert serving_dtype("float32") is torch.float32 and serving_dtype("bfloat16") is torch.bfloat16
     assert serving_dtype("auto") in (torch.float32, torch.bfloat16)
