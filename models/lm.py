@@ -16,8 +16,7 @@ and values (rotary embeddings applied at the given positions) and hands them to
 :func:`slot_attention`, which writes each row's new keys and values into its slot's cache
 and attends over the slot's cache up to and including them. Keys are cached after their
 rotary embedding, as every ``transformers`` cache does, so a slot's cache is exactly what a
-``DynamicCache`` would hold for the same tokens (on a CPU, in float32 even for a half-precision
-model: see ``CausalLM.attention_dtype``).
+``DynamicCache`` would hold for the same tokens.
 
 A row's ``position`` may be smaller than its slot's cache length: the cache is cut back to
 it first (a rolled-back tail: discarded speculative tokens, a cancelled reply, a
@@ -90,7 +89,7 @@ class _Packed:
     of the packed sequence, appended to ``caches[r]`` at ``positions[r]``."""
 
     caches: list[SlotCache]
-    attention_dtype: torch.dtype
+    decode_dtype: torch.dtype  # what a one-token row attends in (see CausalLM.decode_attention_dtype)
     positions: list[int]
     offsets: list[int]
     lengths: list[int]
@@ -130,15 +129,15 @@ def slot_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tens
     window = kwargs.get("sliding_window")
     groups = query.shape[1] // key.shape[1]
     out = query.new_empty((query.shape[2], query.shape[1], query.shape[3]))  # [N, heads, d]
-    dtype = packed.attention_dtype
-    key, value = key.to(dtype), value.to(dtype)
     for cache, position, offset, length in zip(packed.caches, packed.positions, packed.offsets, packed.lengths):
         span = slice(offset, offset + length)
         cache.write(layer, position, key[0, :, span], value[0, :, span])
         keys, values = cache.view(layer, position + length)
-        q = query[:, :, span].to(dtype)
+        q = query[:, :, span]
         if length == 1 and window is None:  # one query sees the whole cache: no mask
-            o = F.scaled_dot_product_attention(q, keys[None], values[None], scale=scaling, enable_gqa=groups > 1)
+            dtype = packed.decode_dtype
+            o = F.scaled_dot_product_attention(q.to(dtype), keys[None].to(dtype), values[None].to(dtype),
+                                               scale=scaling, enable_gqa=groups > 1)
         else:
             if window is not None and position + length > window:  # keys before the window never count
                 first = max(0, position - window + 1)
@@ -190,11 +189,12 @@ class CausalLM:
         self.max_context = min(limit, max_context) if max_context else limit
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         self.caches: dict[int, SlotCache] = {}
-        # Caches and attention in float32 on a CPU even when the weights are half precision:
-        # the CPU's bfloat16 SDPA kernel is the slow part of a decode step (440 us for one
-        # query over 448 keys against 96 us in float32, conversions included; docs/service.md),
-        # while the linear layers are where bfloat16 pays. On a GPU, the model's dtype.
-        self.attention_dtype = torch.float32 if self.device.type == "cpu" else self.model.dtype
+        # A decode step's attention runs in float32 on a CPU even for a half-precision model:
+        # there the CPU's bfloat16 SDPA kernel is slow for one query (440 us over 448 keys,
+        # against 96 us in float32 with the conversions; docs/service.md), while the linear
+        # layers are where bfloat16 pays. Prefill rows (many queries) stay in the model's dtype,
+        # where the bfloat16 kernel is the faster one. On a GPU, the model's dtype throughout.
+        self.decode_attention_dtype = torch.float32 if self.device.type == "cpu" else self.model.dtype
 
     @property
     def parameters(self) -> int:
@@ -241,7 +241,7 @@ class CausalLM:
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
         position_ids = torch.tensor([pos_ids], dtype=torch.long, device=self.device)
         keep = torch.arange(offset, device=self.device) if all_positions else torch.tensor(last, device=self.device)
-        token = _RUNNING.set(_Packed(caches, self.attention_dtype, positions, offsets, lengths))
+        token = _RUNNING.set(_Packed(caches, self.decode_attention_dtype, positions, offsets, lengths))
         try:
             with torch.inference_mode():
                 logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
