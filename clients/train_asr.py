@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of teacher-forced input words replaced by random words (default %(default)s)")
     parser.add_argument("--vtl-warp", type=float, default=0.1,
                         help="vocal-tract-length perturbation: mel axis stretched by 1 +- this (default %(default)s; 0: none)")
-    parser.add_argument("--spectral-tilt", type=float, default=0.0,
+    parser.add_argument("--spectral-tilt", type=float, default=0.3,
                         help="random smooth spectral envelope per sequence, up to +- this per cosine (default %(default)s; 0: none)")
     parser.add_argument("--no-spec-augment", action="store_true", help="no SpecAugment masks on the features")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation and batches (default %(default)s)")

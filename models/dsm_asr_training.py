@@ -133,7 +133,7 @@ class Regularisation:
     freq_width: int = 12
     time_width: int = 4
     time_every: int = 12
-    spectral_tilt: float = 0.0
+    spectral_tilt: float = 0.3
 
     def features(self, features: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         b, f, _ = features.shape

@@ -140,7 +140,7 @@ def test_text_noise_replaces_only_word_tokens_and_with_words():
 
 def test_spec_augment_masks_bands_and_stretches_to_the_mean_and_keeps_the_shape():
     features = torch.ones(3, 48, SUBFRAMES * N_MELS)
-    masked = Regularisation(freq_masks=2, freq_width=12, time_width=4, time_every=12).features(
+    masked = Regularisation(spectral_tilt=0.0, freq_masks=2, freq_width=12, time_width=4, time_every=12).features(
         features, torch.Generator().manual_seed(1))
     assert masked.shape == features.shape and set(masked.unique().tolist()) <= {0.0, 1.0}
     assert 0 < (masked == 0).float().mean() < 0.3
@@ -149,7 +149,7 @@ def test_spec_augment_masks_bands_and_stretches_to_the_mean_and_keeps_the_shape(
 def test_vocal_tract_warp_moves_spectral_peaks_both_ways_and_keeps_the_shape():
     features = torch.zeros(16, 8, SUBFRAMES * N_MELS)
     features.view(16, 8 * SUBFRAMES, N_MELS)[:, :, N_MELS // 2] = 1.0
-    warped = Regularisation(vtl_warp=0.15, freq_masks=0, time_every=10**9).features(
+    warped = Regularisation(vtl_warp=0.15, spectral_tilt=0.0, freq_masks=0, time_every=10**9).features(
         features, torch.Generator().manual_seed(2))
     assert warped.shape == features.shape
     peaks = warped.view(16, 8 * SUBFRAMES, N_MELS).argmax(-1)[:, 0]
@@ -159,7 +159,7 @@ def test_vocal_tract_warp_moves_spectral_peaks_both_ways_and_keeps_the_shape():
 
 def test_no_vocal_tract_warp_leaves_the_spectrum_alone():
     features = torch.randn(4, 8, SUBFRAMES * N_MELS)
-    same = Regularisation(vtl_warp=0.0, freq_masks=0, time_every=10**9).features(
+    same = Regularisation(vtl_warp=0.0, spectral_tilt=0.0, freq_masks=0, time_every=10**9).features(
         features, torch.Generator().manual_seed(2))
     assert torch.equal(same, features)
 
