@@ -82,6 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint-delay-ms", type=float, default=0.0,
                         help="time from a prompt's last piece to its prompt_end (a speech recogniser's "
                              "end-of-utterance delay; default %(default)s: typed text, ended at once)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON array to this file")
 
 
 @dataclass
@@ -251,4 +252,6 @@ def main(args: argparse.Namespace) -> int:
     dtype = str(serving_dtype(args.llm_dtype)).removeprefix("torch.")  # what the server on this machine chose
     rows = [{**row, "dtype": dtype} for row in rows]
     print(json.dumps(rows))
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=1) + "\n")
     return 0

@@ -35,3 +35,10 @@ def test_with_early_answer_the_rows_say_how_often_the_guess_paid(capsys):
     [row] = run(capsys, "--prompt-tokens", "16", "--sessions", "2", "--arrival-tps", "400", "--reply-tokens", "3",
                 "--early-answer")
     assert row["errors"] == [] and 0.0 <= row["early_answer_paid"] <= 1.0 and row["early_answer_guesses"] >= 0
+
+
+def test_out_writes_the_same_array_to_a_file(capsys, tmp_path):
+    out = tmp_path / "chat.json"
+    rows = run(capsys, "--prompt-tokens", "12", "--sessions", "1", "--arrival-tps", "400", "--reply-tokens", "3",
+               "--out", str(out))
+    assert json.loads(out.read_text()) == rows
