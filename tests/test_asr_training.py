@@ -172,4 +172,4 @@ def test_spectral_tilt_adds_one_smooth_curve_per_sequence_to_every_frame():
     curves = tilted[:, 0]
     assert not torch.allclose(curves[0], curves[1])  # a new curve per sequence
     assert curves.abs().max() <= 3 * 0.3 + 1e-6
-    assert (curves.diff(dim=1).abs().max() < 0.1)  # smooth across neighbouring bands
+    assert curves.diff(dim=1).abs().max() < 0.1  # smooth across neighbouring bands
